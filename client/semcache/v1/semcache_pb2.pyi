@@ -1,0 +1,185 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Source(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOURCE_UNSPECIFIED: _ClassVar[Source]
+    SOURCE_EXACT: _ClassVar[Source]
+    SOURCE_SEMANTIC: _ClassVar[Source]
+    SOURCE_LLM: _ClassVar[Source]
+
+class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROLE_UNSPECIFIED: _ClassVar[Role]
+    ROLE_USER: _ClassVar[Role]
+    ROLE_ASSISTANT: _ClassVar[Role]
+
+class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
+    FINISH_REASON_STOP: _ClassVar[FinishReason]
+    FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+SOURCE_UNSPECIFIED: Source
+SOURCE_EXACT: Source
+SOURCE_SEMANTIC: Source
+SOURCE_LLM: Source
+ROLE_UNSPECIFIED: Role
+ROLE_USER: Role
+ROLE_ASSISTANT: Role
+FINISH_REASON_UNSPECIFIED: FinishReason
+FINISH_REASON_STOP: FinishReason
+FINISH_REASON_LENGTH: FinishReason
+
+class Turn(_message.Message):
+    __slots__ = ("role", "content")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    role: Role
+    content: str
+    def __init__(self, role: _Optional[_Union[Role, str]] = ..., content: _Optional[str] = ...) -> None: ...
+
+class GenerationOptions(_message.Message):
+    __slots__ = ("temperature", "top_p", "max_tokens", "seed", "stop")
+    TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
+    TOP_P_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STOP_FIELD_NUMBER: _ClassVar[int]
+    temperature: float
+    top_p: float
+    max_tokens: int
+    seed: int
+    stop: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CacheControl(_message.Message):
+    __slots__ = ("skip_lookup", "skip_store", "similarity_threshold", "semantic_with_history")
+    SKIP_LOOKUP_FIELD_NUMBER: _ClassVar[int]
+    SKIP_STORE_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_WITH_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    skip_lookup: bool
+    skip_store: bool
+    similarity_threshold: float
+    semantic_with_history: bool
+    def __init__(self, skip_lookup: _Optional[bool] = ..., skip_store: _Optional[bool] = ..., similarity_threshold: _Optional[float] = ..., semantic_with_history: _Optional[bool] = ...) -> None: ...
+
+class AskRequest(_message.Message):
+    __slots__ = ("prompt", "model", "system", "options", "history", "cache")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    model: str
+    system: str
+    options: GenerationOptions
+    history: _containers.RepeatedCompositeFieldContainer[Turn]
+    cache: CacheControl
+    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., cache: _Optional[_Union[CacheControl, _Mapping]] = ...) -> None: ...
+
+class AskResponse(_message.Message):
+    __slots__ = ("text", "source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "stored", "finish_reason", "hits")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CACHED_AT_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_DURATION_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    source: Source
+    similarity: float
+    matched_prompt: str
+    entry_id: str
+    model: str
+    cached_at: _timestamp_pb2.Timestamp
+    lookup_duration: _duration_pb2.Duration
+    stored: bool
+    finish_reason: FinishReason
+    hits: int
+    def __init__(self, text: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stored: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., hits: _Optional[int] = ...) -> None: ...
+
+class AskStreamRequest(_message.Message):
+    __slots__ = ("prompt", "model", "system", "options", "history", "cache")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    model: str
+    system: str
+    options: GenerationOptions
+    history: _containers.RepeatedCompositeFieldContainer[Turn]
+    cache: CacheControl
+    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., cache: _Optional[_Union[CacheControl, _Mapping]] = ...) -> None: ...
+
+class AskStreamStart(_message.Message):
+    __slots__ = ("source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "hits")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    MATCHED_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CACHED_AT_FIELD_NUMBER: _ClassVar[int]
+    LOOKUP_DURATION_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    source: Source
+    similarity: float
+    matched_prompt: str
+    entry_id: str
+    model: str
+    cached_at: _timestamp_pb2.Timestamp
+    lookup_duration: _duration_pb2.Duration
+    hits: int
+    def __init__(self, source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hits: _Optional[int] = ...) -> None: ...
+
+class AskStreamDelta(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...
+
+class AskStreamEnd(_message.Message):
+    __slots__ = ("stored", "entry_id", "finish_reason", "prompt_tokens", "completion_tokens", "total_duration")
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_DURATION_FIELD_NUMBER: _ClassVar[int]
+    stored: bool
+    entry_id: str
+    finish_reason: FinishReason
+    prompt_tokens: int
+    completion_tokens: int
+    total_duration: _duration_pb2.Duration
+    def __init__(self, stored: _Optional[bool] = ..., entry_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class AskStreamResponse(_message.Message):
+    __slots__ = ("start", "delta", "end")
+    START_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    start: AskStreamStart
+    delta: AskStreamDelta
+    end: AskStreamEnd
+    def __init__(self, start: _Optional[_Union[AskStreamStart, _Mapping]] = ..., delta: _Optional[_Union[AskStreamDelta, _Mapping]] = ..., end: _Optional[_Union[AskStreamEnd, _Mapping]] = ...) -> None: ...

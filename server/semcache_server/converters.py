@@ -1,0 +1,141 @@
+"""Protobuf messages to domain objects and back; the only module that knows both."""
+
+from __future__ import annotations
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from semcache.v1 import semcache_pb2 as pb
+
+from semcache_server.domain import (
+    Answer,
+    CacheControl,
+    Completion,
+    FinishReason,
+    GenerationOptions,
+    InvalidRequest,
+    Origin,
+    Query,
+    Role,
+    Source,
+    Turn,
+)
+
+_SOURCES = {
+    Source.EXACT: pb.SOURCE_EXACT,
+    Source.SEMANTIC: pb.SOURCE_SEMANTIC,
+    Source.LLM: pb.SOURCE_LLM,
+}
+_ROLES = {pb.ROLE_USER: Role.USER, pb.ROLE_ASSISTANT: Role.ASSISTANT}
+_FINISH_REASONS = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+}
+
+
+def _options(message: pb.GenerationOptions) -> GenerationOptions:
+    return GenerationOptions(
+        temperature=message.temperature if message.HasField("temperature") else None,
+        top_p=message.top_p if message.HasField("top_p") else None,
+        max_tokens=message.max_tokens if message.HasField("max_tokens") else None,
+        seed=message.seed if message.HasField("seed") else None,
+        stop=tuple(message.stop),
+    )
+
+
+def _turn(index: int, message: pb.Turn) -> Turn:
+    role = _ROLES.get(message.role)
+    if role is None:
+        raise InvalidRequest(f"history[{index}].role", "must be ROLE_USER or ROLE_ASSISTANT")
+    return Turn(role, message.content)
+
+
+def request_to_domain(
+    request: pb.AskRequest | pb.AskStreamRequest, namespace: str
+) -> tuple[Query, CacheControl]:
+    query = Query(
+        prompt=request.prompt,
+        model=request.model,
+        system=request.system,
+        options=_options(request.options),
+        history=tuple(_turn(i, turn) for i, turn in enumerate(request.history)),
+        namespace=namespace,
+    )
+    cache = request.cache
+    control = CacheControl(
+        skip_lookup=cache.skip_lookup,
+        skip_store=cache.skip_store,
+        similarity_threshold=(
+            cache.similarity_threshold if cache.HasField("similarity_threshold") else None
+        ),
+        semantic_with_history=cache.semantic_with_history,
+    )
+    return query, control
+
+
+def _duration(seconds: float) -> Duration:
+    duration = Duration()
+    duration.FromNanoseconds(round(seconds * 1e9))
+    return duration
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    timestamp = Timestamp()
+    timestamp.FromNanoseconds(round(seconds * 1e9))
+    return timestamp
+
+
+def _finish_reason(reason: FinishReason | None) -> pb.FinishReason:
+    if reason is None:
+        return pb.FINISH_REASON_UNSPECIFIED
+    return _FINISH_REASONS.get(reason, pb.FINISH_REASON_UNSPECIFIED)
+
+
+def answer_to_response(answer: Answer) -> pb.AskResponse:
+    origin, completion = answer.origin, answer.completion
+    return pb.AskResponse(
+        text=answer.text,
+        source=_SOURCES[origin.source],
+        similarity=origin.similarity,
+        matched_prompt=origin.matched_prompt,
+        entry_id=origin.entry_id or completion.entry_id,
+        model=origin.model,
+        cached_at=_timestamp(origin.cached_at),
+        lookup_duration=_duration(origin.lookup_seconds),
+        stored=completion.stored,
+        finish_reason=_finish_reason(completion.finish_reason),
+        hits=origin.hits,
+    )
+
+
+def origin_to_stream(origin: Origin) -> pb.AskStreamResponse:
+    return pb.AskStreamResponse(
+        start=pb.AskStreamStart(
+            source=_SOURCES[origin.source],
+            similarity=origin.similarity,
+            matched_prompt=origin.matched_prompt,
+            entry_id=origin.entry_id,
+            model=origin.model,
+            cached_at=_timestamp(origin.cached_at),
+            lookup_duration=_duration(origin.lookup_seconds),
+            hits=origin.hits,
+        )
+    )
+
+
+def delta_to_stream(text: str) -> pb.AskStreamResponse:
+    return pb.AskStreamResponse(delta=pb.AskStreamDelta(text=text))
+
+
+def completion_to_stream(completion: Completion) -> pb.AskStreamResponse:
+    return pb.AskStreamResponse(
+        end=pb.AskStreamEnd(
+            stored=completion.stored,
+            entry_id=completion.entry_id,
+            finish_reason=_finish_reason(completion.finish_reason),
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            total_duration=_duration(completion.total_seconds),
+        )
+    )

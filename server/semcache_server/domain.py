@@ -1,0 +1,179 @@
+"""The cache's own vocabulary: what a question is, what an answer is, and what can go wrong.
+
+Nothing here knows about gRPC, Redis, numpy or Ollama; every layer speaks these types.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Source(enum.Enum):
+    """Which layer produced an answer."""
+
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+    LLM = "llm"
+
+
+class Role(enum.Enum):
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class FinishReason(enum.Enum):
+    """Why the LLM stopped; only STOP answers are complete enough to store."""
+
+    STOP = "stop"
+    LENGTH = "length"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Sampling options; None means "the model's default", which is not the same as 0."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        """Only the options that were set, so an unset option and a default one key alike."""
+        values: dict[str, object] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "stop": list(self.stop) if self.stop else None,
+        }
+        return {name: value for name, value in values.items() if value is not None}
+
+
+DEFAULT_NAMESPACE = "default"
+
+
+@dataclass(frozen=True)
+class Query:
+    """Everything that defines an answer: two equal queries may share one."""
+
+    prompt: str
+    model: str
+    system: str = ""
+    options: GenerationOptions = field(default_factory=GenerationOptions)
+    history: tuple[Turn, ...] = ()
+    namespace: str = DEFAULT_NAMESPACE
+
+
+@dataclass(frozen=True)
+class CacheControl:
+    """How one request uses the cache."""
+
+    skip_lookup: bool = False
+    skip_store: bool = False
+    similarity_threshold: float | None = None
+    semantic_with_history: bool = False
+
+
+@dataclass(frozen=True)
+class CachedEntry:
+    """A stored answer with the metadata needed to explain and rebuild it."""
+
+    entry_id: str
+    partition: str
+    prompt: str
+    text: str
+    model: str
+    system: str
+    options: dict[str, object]
+    history: tuple[Turn, ...]
+    namespace: str
+    embedding_model: str
+    created_at: float
+    hits: int = 0
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an answer comes from; sent before any text in a stream."""
+
+    source: Source
+    model: str
+    lookup_seconds: float
+    similarity: float = 0.0
+    matched_prompt: str = ""
+    entry_id: str = ""
+    cached_at: float | None = None
+    hits: int = 0
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The end of a completed answer, with what happened to it."""
+
+    stored: bool
+    entry_id: str
+    finish_reason: FinishReason | None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_seconds: float = 0.0
+
+
+AnswerEvent = Origin | TextDelta | Completion
+"""An answer is a stream of events: one Origin, any number of TextDeltas, one Completion."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A whole answer, as the unary call returns it."""
+
+    text: str
+    origin: Origin
+    completion: Completion
+
+
+class SemcacheError(Exception):
+    """Base of the errors a caller can act on; each maps to one gRPC status."""
+
+
+class InvalidRequest(SemcacheError):
+    def __init__(self, field_name: str, problem: str) -> None:
+        super().__init__(f"{field_name}: {problem}")
+        self.field_name = field_name
+
+
+class LLMUnavailable(SemcacheError):
+    """The LLM could not be reached or failed on its side; a retry may succeed."""
+
+
+class ModelNotFound(SemcacheError):
+    """The LLM does not know the requested model."""
+
+
+class LLMRejected(SemcacheError):
+    """The LLM refused the request as malformed (bad options, for instance)."""
+
+
+class LLMStreamBroken(LLMUnavailable):
+    """The LLM's stream ended before its final message; the partial answer is discarded."""
+
+
+class StoreUnavailable(SemcacheError):
+    """Redis could not be reached; callers treat it as a miss, never as a failed request."""
+
+
+class EmbedderUnavailable(SemcacheError):
+    """The embedder failed; the semantic layer treats it as a miss."""

@@ -1,0 +1,142 @@
+"""The LLM layer: the last resort of the chain, reached through the real `ollama` AsyncClient."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+import httpx
+import ollama
+
+from semcache_server.domain import (
+    FinishReason,
+    LLMRejected,
+    LLMStreamBroken,
+    LLMUnavailable,
+    ModelNotFound,
+    Query,
+    TextDelta,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+
+
+@dataclass(frozen=True)
+class LLMFinish:
+    """The LLM's closing message: only its arrival proves the answer is complete."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+LLMEvent = TextDelta | LLMFinish
+
+
+class LLMBackend(Protocol):
+    def stream(self, query: Query) -> AsyncGenerator[LLMEvent, None]:
+        """Yield the answer's text as it is produced, then one LLMFinish.
+
+        Closing the iterator early must stop the generation. Failures raise LLMUnavailable,
+        LLMStreamBroken, ModelNotFound or LLMRejected.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def _finish_reason(done_reason: str | None) -> FinishReason:
+    if done_reason == "stop":
+        return FinishReason.STOP
+    if done_reason == "length":
+        return FinishReason.LENGTH
+    return FinishReason.OTHER
+
+
+def ollama_options(query: Query) -> dict[str, Any]:
+    """Our option names to Ollama's."""
+    options = query.options
+    mapped: dict[str, Any] = {}
+    if options.temperature is not None:
+        mapped["temperature"] = options.temperature
+    if options.top_p is not None:
+        mapped["top_p"] = options.top_p
+    if options.max_tokens is not None:
+        mapped["num_predict"] = options.max_tokens
+    if options.seed is not None:
+        mapped["seed"] = options.seed
+    if options.stop:
+        mapped["stop"] = list(options.stop)
+    return mapped
+
+
+def chat_messages(query: Query) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": query.system}] if query.system else []
+    messages.extend({"role": turn.role.value, "content": turn.content} for turn in query.history)
+    messages.append({"role": "user", "content": query.prompt})
+    return messages
+
+
+class OllamaBackend:
+    """Chats with Ollama over HTTP, streaming; the one place that knows Ollama's errors."""
+
+    def __init__(self, host: str | None, connect_timeout: float = 2.0) -> None:
+        self.address = host or DEFAULT_OLLAMA_HOST
+        # Generation may legitimately take minutes between tokens on a cold model, so only the
+        # connection is bounded here; the caller's deadline bounds the rest.
+        self._client = ollama.AsyncClient(
+            host=self.address, timeout=httpx.Timeout(None, connect=connect_timeout)
+        )
+
+    async def stream(self, query: Query) -> AsyncGenerator[LLMEvent, None]:
+        try:
+            chunks = await self._client.chat(
+                model=query.model,
+                messages=chat_messages(query),
+                options=ollama_options(query),
+                stream=True,
+            )
+            chunks = cast(AsyncGenerator[ollama.ChatResponse, None], chunks)
+            # aclosing: a cancelled caller closes the HTTP stream, and Ollama stops generating.
+            async with contextlib.aclosing(chunks):
+                async for chunk in chunks:
+                    if chunk.message.content:
+                        yield TextDelta(chunk.message.content)
+                    if chunk.done:
+                        yield LLMFinish(
+                            finish_reason=_finish_reason(chunk.done_reason),
+                            prompt_tokens=chunk.prompt_eval_count or 0,
+                            completion_tokens=chunk.eval_count or 0,
+                        )
+                        return
+            raise LLMStreamBroken(f"Ollama at {self.address} ended the answer without finishing it")
+        except ollama.ResponseError as error:
+            raise self._translate(query, error) from None
+        except (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError) as error:
+            raise LLMUnavailable(
+                f"cannot reach Ollama at {self.address}: {error or type(error).__name__}; "
+                "is it running? Set --ollama-host / OLLAMA_HOST"
+            ) from None
+        except httpx.TransportError as error:
+            raise LLMStreamBroken(
+                f"the connection to Ollama at {self.address} broke mid-answer: "
+                f"{error or type(error).__name__}"
+            ) from None
+
+    def _translate(self, query: Query, error: ollama.ResponseError) -> Exception:
+        message = error.error
+        if error.status_code == 404:
+            return ModelNotFound(
+                f"Ollama at {self.address} does not have model {query.model!r}: {message}"
+            )
+        if 400 <= error.status_code < 500:
+            return LLMRejected(f"Ollama rejected the request: {message}")
+        return LLMUnavailable(f"Ollama at {self.address} failed ({error.status_code}): {message}")
+
+    async def aclose(self) -> None:
+        await self._client._client.aclose()
