@@ -56,6 +56,7 @@ class Service:
     llm: LLMBackend
     health: health.aio.HealthServicer
     embedded_redis: EmbeddedRedis | None = None
+    owned_embedder: Embedder | None = None
     background: set[asyncio.Task[bool]] = field(default_factory=set)
 
     async def stop(self, grace: float | None) -> None:
@@ -64,6 +65,8 @@ class Service:
         for task in self.background:
             task.cancel()
         await self.llm.aclose()
+        if self.owned_embedder is not None:
+            await self.owned_embedder.aclose()
         await self.store.aclose()
         if self.embedded_redis is not None:
             self.embedded_redis.stop()
@@ -94,7 +97,9 @@ async def start(
         embedded = EmbeddedRedis(settings.state_dir)
         redis_url = embedded.start()
     store = RedisEntryStore.from_url(redis_url, timeout=settings.redis_timeout)
-    embedder = embedder if embedder is not None else build_embedder(settings)
+    owned_embedder = build_embedder(settings) if embedder is None else None
+    embedder = embedder or owned_embedder
+    assert embedder is not None
     llm = (
         llm
         if llm is not None
@@ -138,7 +143,9 @@ async def start(
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
 
-    service = Service(server, port, semantic, store, llm, health_servicer, embedded)
+    service = Service(
+        server, port, semantic, store, llm, health_servicer, embedded, owned_embedder
+    )
     if not await _load_index(semantic, retry_seconds=0):
         # Redis is down: serve at once from the LLM, and warm the semantic layer when it returns.
         retry = asyncio.create_task(_load_index(semantic, INDEX_RETRY_SECONDS))

@@ -1,0 +1,100 @@
+"""Fixtures: real Redis processes, the real local embedder, an Ollama-protocol server on loopback,
+and a semcache service started on a free port, called through the generated aio stub."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from semcache.v1 import semcache_pb2_grpc
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from semcache_server import app  # noqa: E402
+from semcache_server.embedders.local import LocalEmbedder  # noqa: E402
+from semcache_server.settings import Settings  # noqa: E402
+from tests.ollama_fake import FakeOllama  # noqa: E402
+from tests.redis_process import RedisProcess  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def embedder() -> LocalEmbedder:
+    """Loaded once: building the model takes a second or two."""
+    return LocalEmbedder.load()
+
+
+@pytest.fixture(scope="session")
+def ollama_server() -> Iterator[FakeOllama]:
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture
+def ollama(ollama_server: FakeOllama) -> FakeOllama:
+    ollama_server.reset()
+    return ollama_server
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
+    process = RedisProcess(tmp_path / "redis").start()
+    yield process
+    process.stop()
+
+
+@dataclass
+class Running:
+    """A started service and a stub to call it; restart() keeps Redis and the settings."""
+
+    service: app.Service
+    channel: grpc.aio.Channel
+    stub: semcache_pb2_grpc.SemcacheServiceStub
+    settings: Settings
+    embedder: LocalEmbedder
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.service.port}"
+
+    async def stop(self) -> None:
+        await self.channel.close()
+        await self.service.stop(grace=None)
+
+    async def restart(self) -> None:
+        await self.stop()
+        fresh = await start_service(self.settings, self.embedder)
+        self.service, self.channel, self.stub = fresh.service, fresh.channel, fresh.stub
+
+
+async def start_service(settings: Settings, embedder: LocalEmbedder) -> Running:
+    service = await app.start(settings, embedder=embedder)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
+    stub = semcache_pb2_grpc.SemcacheServiceStub(channel)  # type: ignore[no-untyped-call]
+    return Running(service, channel, stub, settings, embedder)
+
+
+def service_settings(redis: RedisProcess, ollama: FakeOllama, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "redis_url": redis.url,
+        "ollama_host": ollama.url,
+        "redis_timeout": 0.3,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest_asyncio.fixture
+async def semcache(
+    redis_process: RedisProcess, ollama: FakeOllama, embedder: LocalEmbedder
+) -> AsyncIterator[Running]:
+    running = await start_service(service_settings(redis_process, ollama), embedder)
+    yield running
+    await running.stop()
