@@ -16,11 +16,12 @@ from semcache.v1 import semcache_pb2_grpc
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from semcache_server import app  # noqa: E402
-from semcache_server.embedders.local import LocalEmbedder  # noqa: E402
-from semcache_server.settings import Settings  # noqa: E402
-from tests.ollama_fake import FakeOllama  # noqa: E402
-from tests.redis_process import RedisProcess  # noqa: E402
+from semcache_server import app
+from semcache_server.embedders.local import LocalEmbedder
+from semcache_server.settings import Settings
+
+from tests.ollama_fake import FakeOllama
+from tests.redis_process import RedisProcess
 
 
 @pytest.fixture(scope="session")

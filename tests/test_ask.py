@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import grpc
 import numpy as np
@@ -26,15 +27,17 @@ def ask(prompt: str = QUESTION, **fields: object) -> pb.AskRequest:
     return build_request(pb.AskRequest, prompt, **fields)  # type: ignore[arg-type]
 
 
-async def call_status(running: Running, request: pb.AskRequest, timeout: float = 10) -> grpc.aio.AioRpcError:
+async def call_status(
+    running: Running, request: pb.AskRequest, deadline: float = 10
+) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await running.stub.Ask(request, timeout=timeout)
+        await running.stub.Ask(request, timeout=deadline)
     return caught.value
 
 
 def stored_entry(redis_url: str, entry_id: str) -> dict[bytes, bytes]:
     with redis.Redis.from_url(redis_url) as client:
-        return client.hgetall(f"semcache:v1:entry:{entry_id}")  # type: ignore[return-value]
+        return cast(dict[bytes, bytes], client.hgetall(f"semcache:v1:entry:{entry_id}"))
 
 
 @pytest.mark.asyncio
@@ -220,8 +223,17 @@ async def test_a_request_threshold_overrides_the_default(semcache: Running) -> N
         ({"temperature": -1.0}, "options.temperature"),
         ({"max_tokens": -5}, "options.max_tokens"),
     ],
-    ids=["empty", "blank", "no-model", "threshold>1", "threshold<0", "nan", "too-long",
-         "temperature", "max-tokens"],
+    ids=[
+        "empty",
+        "blank",
+        "no-model",
+        "threshold>1",
+        "threshold<0",
+        "nan",
+        "too-long",
+        "temperature",
+        "max-tokens",
+    ],
 )
 async def test_bad_input_is_invalid_argument_naming_the_field(
     semcache: Running, ollama: FakeOllama, request_fields: dict[str, object], field_name: str
@@ -265,7 +277,7 @@ async def test_unreachable_ollama_is_unavailable_naming_the_address(
     running = await start_service(settings, embedder)  # type: ignore[arg-type]
     try:
         # A deadline far below any retry loop: the answer must come at once, not by timing out.
-        error = await call_status(running, ask(), timeout=3)
+        error = await call_status(running, ask(), deadline=3)
     finally:
         await running.stop()
 
@@ -287,7 +299,7 @@ async def test_hits_are_served_while_ollama_is_unreachable(
     try:
         exact = await running.stub.Ask(ask(), timeout=5)
         semantic = await running.stub.Ask(ask(PARAPHRASE), timeout=5)
-        miss = await call_status(running, ask(UNRELATED), timeout=5)
+        miss = await call_status(running, ask(UNRELATED), deadline=5)
     finally:
         await running.stop()
 
@@ -354,7 +366,7 @@ async def test_a_deadline_passing_during_generation_is_deadline_exceeded_and_not
     semcache: Running, ollama: FakeOllama
 ) -> None:
     ollama.behaviour = Behaviour(token_delay=0.3)
-    error = await call_status(semcache, ask(), timeout=0.5)
+    error = await call_status(semcache, ask(), deadline=0.5)
     ollama.behaviour = Behaviour()
     after = await semcache.stub.Ask(ask(), timeout=10)
 

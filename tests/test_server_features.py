@@ -22,7 +22,9 @@ async def test_health_reports_serving(semcache: Running, service: str) -> None:
 async def test_reflection_lists_and_describes_the_service(semcache: Running) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(semcache.channel)
 
-    async def reflect(request: reflection_pb2.ServerReflectionRequest) -> reflection_pb2.ServerReflectionResponse:
+    async def reflect(
+        request: reflection_pb2.ServerReflectionRequest,
+    ) -> reflection_pb2.ServerReflectionResponse:
         call = stub.ServerReflectionInfo(iter([request]), timeout=5)
         async for response in call:
             return response

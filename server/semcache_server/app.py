@@ -143,9 +143,7 @@ async def start(
     if port == 0:
         raise OSError(f"cannot listen on {settings.host}:{settings.port}")
 
-    service = Service(
-        server, port, semantic, store, llm, health_servicer, embedded, owned_embedder
-    )
+    service = Service(server, port, semantic, store, llm, health_servicer, embedded, owned_embedder)
     if not await _load_index(semantic, retry_seconds=0):
         # Redis is down: serve at once from the LLM, and warm the semantic layer when it returns.
         retry = asyncio.create_task(_load_index(semantic, INDEX_RETRY_SECONDS))

@@ -220,6 +220,32 @@ def ask(
         sys.exit(1)
 
 
+@main.command()
+@click.option(
+    "--target",
+    envvar="SEMCACHE_TARGET",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="The server's address. [env SEMCACHE_TARGET]",
+)
+@click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds.")
+def health(target: str, timeout: float) -> None:
+    """Exit 0 when the server reports SERVING (for container and orchestrator probes)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(target) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+    except grpc.RpcError as error:
+        click.echo(f"{target}: {error.code().name}: {error.details()}", err=True)
+        sys.exit(1)
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    click.echo(f"{target}: {status}")
+    sys.exit(0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1)
+
+
 def _describe(source: int, similarity: float, matched_prompt: str) -> str:
     from semcache.v1 import semcache_pb2 as pb
 

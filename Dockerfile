@@ -1,0 +1,30 @@
+# semcache on its embedded default: Redis and the embedding model inside the image, Ollama outside.
+#   docker build -t semcache .
+#   docker run -p 50051:50051 -e OLLAMA_HOST=http://host.docker.internal:11434 semcache
+# Set REDIS_URL to use a shared Redis instead of the embedded one.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    HF_HUB_OFFLINE=1 \
+    OPENBLAS_NUM_THREADS=1 \
+    SEMCACHE_HOST=0.0.0.0 \
+    SEMCACHE_PORT=50051 \
+    SEMCACHE_STATE_DIR=/var/lib/semcache
+
+WORKDIR /src
+COPY client ./client
+COPY server ./server
+COPY pyproject.toml README.md ./
+RUN pip install ./client . \
+    && rm -rf /src \
+    && useradd --system --uid 10001 --home-dir /var/lib/semcache --create-home semcache
+
+USER semcache
+WORKDIR /var/lib/semcache
+VOLUME ["/var/lib/semcache"]
+EXPOSE 50051
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD semcache health --target 127.0.0.1:50051
+STOPSIGNAL SIGTERM
+CMD ["semcache", "serve"]
