@@ -404,3 +404,40 @@ async def test_a_redis_outage_fails_open_and_the_cache_recovers(
     assert all(r.text and not r.stored for r in during)
     assert refilled.source == pb.SOURCE_LLM and refilled.stored
     assert exact.source == pb.SOURCE_EXACT
+
+
+@pytest.mark.asyncio
+async def test_every_answer_says_what_the_semantic_layer_did(semcache: Running) -> None:
+    cold = await semcache.stub.Ask(ask(), timeout=10)
+    exact = await semcache.stub.Ask(ask(), timeout=10)
+    semantic = await semcache.stub.Ask(ask(PARAPHRASE), timeout=10)
+    far = await semcache.stub.Ask(ask(UNRELATED, skip_store=True), timeout=10)
+    exact_only = await semcache.stub.Ask(ask(PARAPHRASE, similarity_threshold=0.0), timeout=10)
+    no_lookup = await semcache.stub.Ask(ask(PARAPHRASE, skip_lookup=True), timeout=10)
+
+    assert cold.semantic_status == pb.SEMANTIC_STATUS_SEARCHED
+    assert exact.semantic_status == pb.SEMANTIC_STATUS_UNSPECIFIED
+    assert semantic.semantic_status == pb.SEMANTIC_STATUS_SEARCHED
+    assert far.source == pb.SOURCE_LLM and far.semantic_status == pb.SEMANTIC_STATUS_SEARCHED
+    assert exact_only.semantic_status == pb.SEMANTIC_STATUS_SKIPPED_EXACT_ONLY
+    assert no_lookup.semantic_status == pb.SEMANTIC_STATUS_SKIPPED_LOOKUP
+
+
+@pytest.mark.asyncio
+async def test_a_hot_temperature_skips_the_semantic_layer_but_not_the_exact_one(
+    semcache: Running,
+) -> None:
+    await semcache.stub.Ask(ask(temperature=1.5), timeout=10)
+
+    paraphrase = await semcache.stub.Ask(ask(PARAPHRASE, temperature=1.5), timeout=10)
+    identical = await semcache.stub.Ask(ask(temperature=1.5), timeout=10)
+
+    assert paraphrase.source == pb.SOURCE_LLM
+    assert paraphrase.semantic_status == pb.SEMANTIC_STATUS_SKIPPED_TEMPERATURE
+    assert identical.source == pb.SOURCE_EXACT
+
+
+@pytest.mark.asyncio
+async def test_history_without_opt_in_reports_the_skip(semcache: Running) -> None:
+    response = await semcache.stub.Ask(ask(history=[("user", "hi")]), timeout=10)
+    assert response.semantic_status == pb.SEMANTIC_STATUS_SKIPPED_HISTORY

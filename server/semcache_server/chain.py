@@ -24,6 +24,7 @@ from semcache_server.domain import (
     FinishReason,
     Origin,
     Query,
+    SemanticStatus,
     Source,
     StoreUnavailable,
     TextDelta,
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 class ChainSettings:
     ttl_seconds: float | None = None
     replay_chunk_chars: int = 64
+    max_semantic_temperature: float = 1.0
+    """Above it the semantic layer is skipped: sampling asks for variety."""
     limits: Limits = field(default_factory=Limits)
 
 
@@ -84,33 +87,61 @@ class CacheChain:
         partition = keys.partition_id(query, self._semantic.embedder.model_id)
         vector: Vector | None = None
 
+        status = self._semantic_skip(query, control)
         if not control.skip_lookup:
             entry = await self._exact.lookup(entry_id)
             if entry is not None:
-                async for event in self._replay(entry, Source.EXACT, 1.0, started):
+                async for event in self._replay(entry, Source.EXACT, 1.0, started, None):
                     yield event
                 return
-            if _semantic_allowed(query, control):
+            if status is None:
                 vector = await self._semantic.embed(query.prompt)
+                status = SemanticStatus.UNAVAILABLE
                 if vector is not None:
-                    hit = await self._semantic.lookup(
+                    outcome = await self._semantic.lookup(
                         query, partition, vector, control.similarity_threshold
                     )
-                    if hit is not None:
+                    status = outcome.status
+                    if outcome.hit is not None:
                         async for event in self._replay(
-                            hit.entry, Source.SEMANTIC, hit.similarity, started
+                            outcome.hit.entry,
+                            Source.SEMANTIC,
+                            outcome.hit.similarity,
+                            started,
+                            status,
                         ):
                             yield event
                         return
 
         yield Origin(
-            source=Source.LLM, model=query.model, lookup_seconds=time.monotonic() - started
+            source=Source.LLM,
+            model=query.model,
+            lookup_seconds=time.monotonic() - started,
+            semantic_status=status,
         )
         async for event in self._generate(query, control, entry_id, partition, vector, started):
             yield event
 
+    def _semantic_skip(self, query: Query, control: CacheControl) -> SemanticStatus | None:
+        """Why the semantic layer must not answer this request, or None when it may."""
+        if control.skip_lookup:
+            return SemanticStatus.SKIPPED_LOOKUP
+        if control.similarity_threshold is not None and control.similarity_threshold == 0:
+            return SemanticStatus.SKIPPED_EXACT_ONLY  # 0 means exact matches only
+        if query.history and not control.semantic_with_history:
+            return SemanticStatus.SKIPPED_HISTORY
+        temperature = query.options.temperature
+        if temperature is not None and temperature > self._settings.max_semantic_temperature:
+            return SemanticStatus.SKIPPED_TEMPERATURE
+        return None
+
     async def _replay(
-        self, entry: CachedEntry, source: Source, similarity: float, started: float
+        self,
+        entry: CachedEntry,
+        source: Source,
+        similarity: float,
+        started: float,
+        semantic_status: SemanticStatus | None,
     ) -> AsyncGenerator[AnswerEvent, None]:
         yield Origin(
             source=source,
@@ -121,6 +152,7 @@ class CacheChain:
             entry_id=entry.entry_id,
             cached_at=entry.created_at,
             hits=entry.hits,
+            semantic_status=semantic_status,
         )
         size = self._settings.replay_chunk_chars
         for offset in range(0, len(entry.text), size):
@@ -203,9 +235,3 @@ class CacheChain:
         if vector is not None:
             self._semantic.remember(partition, entry_id, vector)
         return True
-
-
-def _semantic_allowed(query: Query, control: CacheControl) -> bool:
-    if control.similarity_threshold is not None and control.similarity_threshold == 0:
-        return False  # 0 means exact matches only
-    return not query.history or control.semantic_with_history

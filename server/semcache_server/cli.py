@@ -82,6 +82,15 @@ def main() -> None:
     "embedder's calibrated default. [env SEMCACHE_SIMILARITY_THRESHOLD]",
 )
 @click.option(
+    "--max-semantic-temperature",
+    envvar="SEMCACHE_MAX_SEMANTIC_TEMPERATURE",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Requests with a higher temperature skip the semantic layer (they ask for variety). "
+    "[env SEMCACHE_MAX_SEMANTIC_TEMPERATURE]",
+)
+@click.option(
     "--ttl",
     "ttl_seconds",
     envvar="SEMCACHE_TTL_SECONDS",

@@ -16,6 +16,7 @@ from semcache_server.domain import (
     Origin,
     Query,
     Role,
+    SemanticStatus,
     Source,
     Turn,
 )
@@ -24,6 +25,15 @@ _SOURCES = {
     Source.EXACT: pb.SOURCE_EXACT,
     Source.SEMANTIC: pb.SOURCE_SEMANTIC,
     Source.LLM: pb.SOURCE_LLM,
+}
+_SEMANTIC_STATUSES = {
+    SemanticStatus.SEARCHED: pb.SEMANTIC_STATUS_SEARCHED,
+    SemanticStatus.REJECTED_BY_GUARD: pb.SEMANTIC_STATUS_REJECTED_BY_GUARD,
+    SemanticStatus.SKIPPED_EXACT_ONLY: pb.SEMANTIC_STATUS_SKIPPED_EXACT_ONLY,
+    SemanticStatus.SKIPPED_HISTORY: pb.SEMANTIC_STATUS_SKIPPED_HISTORY,
+    SemanticStatus.SKIPPED_TEMPERATURE: pb.SEMANTIC_STATUS_SKIPPED_TEMPERATURE,
+    SemanticStatus.SKIPPED_LOOKUP: pb.SEMANTIC_STATUS_SKIPPED_LOOKUP,
+    SemanticStatus.UNAVAILABLE: pb.SEMANTIC_STATUS_UNAVAILABLE,
 }
 _ROLES = {pb.ROLE_USER: Role.USER, pb.ROLE_ASSISTANT: Role.ASSISTANT}
 _FINISH_REASONS = {
@@ -92,6 +102,10 @@ def _finish_reason(reason: FinishReason | None) -> pb.FinishReason:
     return _FINISH_REASONS.get(reason, pb.FINISH_REASON_UNSPECIFIED)
 
 
+def _semantic_status(status: SemanticStatus | None) -> pb.SemanticStatus:
+    return pb.SEMANTIC_STATUS_UNSPECIFIED if status is None else _SEMANTIC_STATUSES[status]
+
+
 def answer_to_response(answer: Answer) -> pb.AskResponse:
     origin, completion = answer.origin, answer.completion
     return pb.AskResponse(
@@ -106,6 +120,7 @@ def answer_to_response(answer: Answer) -> pb.AskResponse:
         stored=completion.stored,
         finish_reason=_finish_reason(completion.finish_reason),
         hits=origin.hits,
+        semantic_status=_semantic_status(origin.semantic_status),
     )
 
 
@@ -120,6 +135,7 @@ def origin_to_stream(origin: Origin) -> pb.AskStreamResponse:
             cached_at=_timestamp(origin.cached_at),
             lookup_duration=_duration(origin.lookup_seconds),
             hits=origin.hits,
+            semantic_status=_semantic_status(origin.semantic_status),
         )
     )
 

@@ -17,6 +17,18 @@ class Source(enum.Enum):
     LLM = "llm"
 
 
+class SemanticStatus(enum.Enum):
+    """What the semantic layer did for a request; None on an Origin means it was not reached."""
+
+    SEARCHED = "searched"
+    REJECTED_BY_GUARD = "rejected_by_guard"
+    SKIPPED_EXACT_ONLY = "skipped_exact_only"
+    SKIPPED_HISTORY = "skipped_history"
+    SKIPPED_TEMPERATURE = "skipped_temperature"
+    SKIPPED_LOOKUP = "skipped_lookup"
+    UNAVAILABLE = "unavailable"
+
+
 class Role(enum.Enum):
     USER = "user"
     ASSISTANT = "assistant"
@@ -113,6 +125,7 @@ class Origin:
     entry_id: str = ""
     cached_at: float | None = None
     hits: int = 0
+    semantic_status: SemanticStatus | None = None
 
 
 @dataclass(frozen=True)

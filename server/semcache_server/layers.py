@@ -10,11 +10,12 @@ from semcache_server.domain import (
     CachedEntry,
     EmbedderUnavailable,
     Query,
+    SemanticStatus,
     StoreUnavailable,
 )
 from semcache_server.embedders import Embedder
 from semcache_server.index import Vector, VectorIndex
-from semcache_server.policy import IDENTICAL, HitPolicy
+from semcache_server.policy import IDENTICAL, HitPolicy, Verdict
 from semcache_server.store import EntryStore
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,16 @@ class SemanticHit:
     similarity: float
 
 
+@dataclass(frozen=True)
+class SemanticOutcome:
+    hit: SemanticHit | None
+    status: SemanticStatus
+
+
+_SEARCHED_MISS = SemanticOutcome(None, SemanticStatus.SEARCHED)
+_UNAVAILABLE = SemanticOutcome(None, SemanticStatus.UNAVAILABLE)
+
+
 class SemanticLayer:
     def __init__(
         self,
@@ -86,31 +97,35 @@ class SemanticLayer:
 
     async def lookup(
         self, query: Query, partition: str, vector: Vector, threshold: float | None
-    ) -> SemanticHit | None:
+    ) -> SemanticOutcome:
         neighbours = self.index.nearest(partition, vector, k=1)
         if not neighbours:
-            return None
+            return _SEARCHED_MISS
         nearest = neighbours[0]
         floor = self.policy.floor if threshold is None else min(threshold, IDENTICAL)
         if nearest.similarity < floor:
-            return None
+            return _SEARCHED_MISS
         try:
             entry = await self._store.fetch(nearest.entry_id)
             if entry is None:  # expired or deleted behind the index's back
                 self.index.remove(nearest.entry_id)
-                return None
+                return _SEARCHED_MISS
             if entry.partition != partition:
-                return None
-            if not await self.policy.accepts(
+                return _SEARCHED_MISS
+            verdict = await self.policy.judge(
                 query.prompt, entry.prompt, nearest.similarity, threshold
-            ):
-                return None
+            )
+            if verdict is Verdict.REJECTED_BY_GUARD:
+                return SemanticOutcome(None, SemanticStatus.REJECTED_BY_GUARD)
+            if verdict is not Verdict.HIT:
+                return _SEARCHED_MISS
             hits = await self._store.record_hit(entry.entry_id)
         except StoreUnavailable as error:
             self._store_outages.failed(error)
-            return None
+            return _UNAVAILABLE
         self._store_outages.succeeded()
-        return SemanticHit(replace(entry, hits=hits), nearest.similarity)
+        hit = SemanticHit(replace(entry, hits=hits), nearest.similarity)
+        return SemanticOutcome(hit, SemanticStatus.SEARCHED)
 
     def remember(self, partition: str, entry_id: str, vector: Vector) -> None:
         self.index.add(partition, entry_id, vector)

@@ -6,10 +6,19 @@ A HitPolicy sees both prompts and their cosine similarity, so guards against loo
 
 from __future__ import annotations
 
+import enum
 from typing import Protocol
 
 IDENTICAL = 1.0 - 1e-5
 """Cosine of two identical unit float32 vectors may fall a hair below 1."""
+
+
+class Verdict(enum.Enum):
+    HIT = "hit"
+    TOO_FAR = "too_far"
+    """Below the threshold."""
+    REJECTED_BY_GUARD = "rejected_by_guard"
+    """Close enough by cosine, but a guard found the prompts ask different things."""
 
 
 class HitPolicy(Protocol):
@@ -18,9 +27,9 @@ class HitPolicy(Protocol):
         """Below this similarity no candidate is even considered, so it is never fetched."""
         ...
 
-    async def accepts(
+    async def judge(
         self, prompt: str, candidate: str, similarity: float, threshold: float | None
-    ) -> bool:
+    ) -> Verdict:
         """Whether the candidate's answer answers prompt; threshold is the caller's override."""
         ...
 
@@ -35,8 +44,8 @@ class ThresholdPolicy:
     def floor(self) -> float:
         return self.threshold
 
-    async def accepts(
+    async def judge(
         self, prompt: str, candidate: str, similarity: float, threshold: float | None
-    ) -> bool:
+    ) -> Verdict:
         required = self.threshold if threshold is None else threshold
-        return similarity >= min(required, IDENTICAL)
+        return Verdict.HIT if similarity >= min(required, IDENTICAL) else Verdict.TOO_FAR

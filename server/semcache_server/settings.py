@@ -25,6 +25,8 @@ class Settings:
     ollama_embed_model: str = "nomic-embed-text"
     similarity_threshold: float | None = None
     """None: the embedder's default policy."""
+    max_semantic_temperature: float = 1.0
+    """Requests sampling hotter than this skip the semantic layer."""
     ttl_seconds: float = 0.0
     """0: entries never expire."""
     max_prompt_chars: int = 32_000

@@ -26,19 +26,21 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemcache/v1/semcache.proto\x12\x0bsemcache.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"8\n\x04Turn\x12\x1f\n\x04role\x18\x01 \x01(\x0e\x32\x11.semcache.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xad\x01\n\x11GenerationOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\x92\x01\n\x0c\x43\x61\x63heControl\x12\x13\n\x0bskip_lookup\x18\x01 \x01(\x08\x12\x12\n\nskip_store\x18\x02 \x01(\x08\x12!\n\x14similarity_threshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1d\n\x15semantic_with_history\x18\x04 \x01(\x08\x42\x17\n\x15_similarity_threshold\"\xba\x01\n\nAskRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.semcache.v1.GenerationOptions\x12\"\n\x07history\x18\x05 \x03(\x0b\x32\x11.semcache.v1.Turn\x12(\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x19.semcache.v1.CacheControl\"\xc0\x02\n\x0b\x41skResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12#\n\x06source\x18\x02 \x01(\x0e\x32\x13.semcache.v1.Source\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\x16\n\x0ematched_prompt\x18\x04 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12-\n\tcached_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0flookup_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06stored\x18\t \x01(\x08\x12\x30\n\rfinish_reason\x18\n \x01(\x0e\x32\x19.semcache.v1.FinishReason\x12\x0c\n\x04hits\x18\x0b \x01(\x03\"\xc0\x01\n\x10\x41skStreamRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.semcache.v1.GenerationOptions\x12\"\n\x07history\x18\x05 \x03(\x0b\x32\x11.semcache.v1.Turn\x12(\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x19.semcache.v1.CacheControl\"\xf3\x01\n\x0e\x41skStreamStart\x12#\n\x06source\x18\x01 \x01(\x0e\x32\x13.semcache.v1.Source\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x16\n\x0ematched_prompt\x18\x03 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12-\n\tcached_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0flookup_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04hits\x18\x08 \x01(\x03\"\x1e\n\x0e\x41skStreamDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xc7\x01\n\x0c\x41skStreamEnd\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.semcache.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05\x12\x31\n\x0etotal_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa2\x01\n\x11\x41skStreamResponse\x12,\n\x05start\x18\x01 \x01(\x0b\x32\x1b.semcache.v1.AskStreamStartH\x00\x12,\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1b.semcache.v1.AskStreamDeltaH\x00\x12(\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x19.semcache.v1.AskStreamEndH\x00\x42\x07\n\x05\x65vent*W\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_EXACT\x10\x01\x12\x13\n\x0fSOURCE_SEMANTIC\x10\x02\x12\x0e\n\nSOURCE_LLM\x10\x03*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x32\x99\x01\n\x0fSemcacheService\x12\x38\n\x03\x41sk\x12\x17.semcache.v1.AskRequest\x1a\x18.semcache.v1.AskResponse\x12L\n\tAskStream\x12\x1d.semcache.v1.AskStreamRequest\x1a\x1e.semcache.v1.AskStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemcache/v1/semcache.proto\x12\x0bsemcache.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"8\n\x04Turn\x12\x1f\n\x04role\x18\x01 \x01(\x0e\x32\x11.semcache.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xad\x01\n\x11GenerationOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\x92\x01\n\x0c\x43\x61\x63heControl\x12\x13\n\x0bskip_lookup\x18\x01 \x01(\x08\x12\x12\n\nskip_store\x18\x02 \x01(\x08\x12!\n\x14similarity_threshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1d\n\x15semantic_with_history\x18\x04 \x01(\x08\x42\x17\n\x15_similarity_threshold\"\xba\x01\n\nAskRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.semcache.v1.GenerationOptions\x12\"\n\x07history\x18\x05 \x03(\x0b\x32\x11.semcache.v1.Turn\x12(\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x19.semcache.v1.CacheControl\"\xf6\x02\n\x0b\x41skResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12#\n\x06source\x18\x02 \x01(\x0e\x32\x13.semcache.v1.Source\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\x16\n\x0ematched_prompt\x18\x04 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12-\n\tcached_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0flookup_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06stored\x18\t \x01(\x08\x12\x30\n\rfinish_reason\x18\n \x01(\x0e\x32\x19.semcache.v1.FinishReason\x12\x0c\n\x04hits\x18\x0b \x01(\x03\x12\x34\n\x0fsemantic_status\x18\x0c \x01(\x0e\x32\x1b.semcache.v1.SemanticStatus\"\xc0\x01\n\x10\x41skStreamRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.semcache.v1.GenerationOptions\x12\"\n\x07history\x18\x05 \x03(\x0b\x32\x11.semcache.v1.Turn\x12(\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x19.semcache.v1.CacheControl\"\xa9\x02\n\x0e\x41skStreamStart\x12#\n\x06source\x18\x01 \x01(\x0e\x32\x13.semcache.v1.Source\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x16\n\x0ematched_prompt\x18\x03 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12-\n\tcached_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0flookup_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04hits\x18\x08 \x01(\x03\x12\x34\n\x0fsemantic_status\x18\t \x01(\x0e\x32\x1b.semcache.v1.SemanticStatus\"\x1e\n\x0e\x41skStreamDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xc7\x01\n\x0c\x41skStreamEnd\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.semcache.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05\x12\x31\n\x0etotal_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa2\x01\n\x11\x41skStreamResponse\x12,\n\x05start\x18\x01 \x01(\x0b\x32\x1b.semcache.v1.AskStreamStartH\x00\x12,\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1b.semcache.v1.AskStreamDeltaH\x00\x12(\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x19.semcache.v1.AskStreamEndH\x00\x42\x07\n\x05\x65vent*W\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_EXACT\x10\x01\x12\x13\n\x0fSOURCE_SEMANTIC\x10\x02\x12\x0e\n\nSOURCE_LLM\x10\x03*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*\xb1\x02\n\x0eSemanticStatus\x12\x1f\n\x1bSEMANTIC_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18SEMANTIC_STATUS_SEARCHED\x10\x01\x12%\n!SEMANTIC_STATUS_REJECTED_BY_GUARD\x10\x02\x12&\n\"SEMANTIC_STATUS_SKIPPED_EXACT_ONLY\x10\x03\x12#\n\x1fSEMANTIC_STATUS_SKIPPED_HISTORY\x10\x04\x12\'\n#SEMANTIC_STATUS_SKIPPED_TEMPERATURE\x10\x05\x12\"\n\x1eSEMANTIC_STATUS_SKIPPED_LOOKUP\x10\x06\x12\x1f\n\x1bSEMANTIC_STATUS_UNAVAILABLE\x10\x07\x32\x99\x01\n\x0fSemcacheService\x12\x38\n\x03\x41sk\x12\x17.semcache.v1.AskRequest\x1a\x18.semcache.v1.AskResponse\x12L\n\tAskStream\x12\x1d.semcache.v1.AskStreamRequest\x1a\x1e.semcache.v1.AskStreamResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'semcache.v1.semcache_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOURCE']._serialized_start=1843
-  _globals['_SOURCE']._serialized_end=1930
-  _globals['_ROLE']._serialized_start=1932
-  _globals['_ROLE']._serialized_end=1995
-  _globals['_FINISHREASON']._serialized_start=1997
-  _globals['_FINISHREASON']._serialized_end=2092
+  _globals['_SOURCE']._serialized_start=1951
+  _globals['_SOURCE']._serialized_end=2038
+  _globals['_ROLE']._serialized_start=2040
+  _globals['_ROLE']._serialized_end=2103
+  _globals['_FINISHREASON']._serialized_start=2105
+  _globals['_FINISHREASON']._serialized_end=2200
+  _globals['_SEMANTICSTATUS']._serialized_start=2203
+  _globals['_SEMANTICSTATUS']._serialized_end=2508
   _globals['_TURN']._serialized_start=108
   _globals['_TURN']._serialized_end=164
   _globals['_GENERATIONOPTIONS']._serialized_start=167
@@ -48,17 +50,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASKREQUEST']._serialized_start=492
   _globals['_ASKREQUEST']._serialized_end=678
   _globals['_ASKRESPONSE']._serialized_start=681
-  _globals['_ASKRESPONSE']._serialized_end=1001
-  _globals['_ASKSTREAMREQUEST']._serialized_start=1004
-  _globals['_ASKSTREAMREQUEST']._serialized_end=1196
-  _globals['_ASKSTREAMSTART']._serialized_start=1199
-  _globals['_ASKSTREAMSTART']._serialized_end=1442
-  _globals['_ASKSTREAMDELTA']._serialized_start=1444
-  _globals['_ASKSTREAMDELTA']._serialized_end=1474
-  _globals['_ASKSTREAMEND']._serialized_start=1477
-  _globals['_ASKSTREAMEND']._serialized_end=1676
-  _globals['_ASKSTREAMRESPONSE']._serialized_start=1679
-  _globals['_ASKSTREAMRESPONSE']._serialized_end=1841
-  _globals['_SEMCACHESERVICE']._serialized_start=2095
-  _globals['_SEMCACHESERVICE']._serialized_end=2248
+  _globals['_ASKRESPONSE']._serialized_end=1055
+  _globals['_ASKSTREAMREQUEST']._serialized_start=1058
+  _globals['_ASKSTREAMREQUEST']._serialized_end=1250
+  _globals['_ASKSTREAMSTART']._serialized_start=1253
+  _globals['_ASKSTREAMSTART']._serialized_end=1550
+  _globals['_ASKSTREAMDELTA']._serialized_start=1552
+  _globals['_ASKSTREAMDELTA']._serialized_end=1582
+  _globals['_ASKSTREAMEND']._serialized_start=1585
+  _globals['_ASKSTREAMEND']._serialized_end=1784
+  _globals['_ASKSTREAMRESPONSE']._serialized_start=1787
+  _globals['_ASKSTREAMRESPONSE']._serialized_end=1949
+  _globals['_SEMCACHESERVICE']._serialized_start=2511
+  _globals['_SEMCACHESERVICE']._serialized_end=2664
 # @@protoc_insertion_point(module_scope)

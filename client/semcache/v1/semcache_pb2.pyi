@@ -29,6 +29,17 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_UNSPECIFIED: _ClassVar[FinishReason]
     FINISH_REASON_STOP: _ClassVar[FinishReason]
     FINISH_REASON_LENGTH: _ClassVar[FinishReason]
+
+class SemanticStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEMANTIC_STATUS_UNSPECIFIED: _ClassVar[SemanticStatus]
+    SEMANTIC_STATUS_SEARCHED: _ClassVar[SemanticStatus]
+    SEMANTIC_STATUS_REJECTED_BY_GUARD: _ClassVar[SemanticStatus]
+    SEMANTIC_STATUS_SKIPPED_EXACT_ONLY: _ClassVar[SemanticStatus]
+    SEMANTIC_STATUS_SKIPPED_HISTORY: _ClassVar[SemanticStatus]
+    SEMANTIC_STATUS_SKIPPED_TEMPERATURE: _ClassVar[SemanticStatus]
+    SEMANTIC_STATUS_SKIPPED_LOOKUP: _ClassVar[SemanticStatus]
+    SEMANTIC_STATUS_UNAVAILABLE: _ClassVar[SemanticStatus]
 SOURCE_UNSPECIFIED: Source
 SOURCE_EXACT: Source
 SOURCE_SEMANTIC: Source
@@ -39,6 +50,14 @@ ROLE_ASSISTANT: Role
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason
+SEMANTIC_STATUS_UNSPECIFIED: SemanticStatus
+SEMANTIC_STATUS_SEARCHED: SemanticStatus
+SEMANTIC_STATUS_REJECTED_BY_GUARD: SemanticStatus
+SEMANTIC_STATUS_SKIPPED_EXACT_ONLY: SemanticStatus
+SEMANTIC_STATUS_SKIPPED_HISTORY: SemanticStatus
+SEMANTIC_STATUS_SKIPPED_TEMPERATURE: SemanticStatus
+SEMANTIC_STATUS_SKIPPED_LOOKUP: SemanticStatus
+SEMANTIC_STATUS_UNAVAILABLE: SemanticStatus
 
 class Turn(_message.Message):
     __slots__ = ("role", "content")
@@ -91,7 +110,7 @@ class AskRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., cache: _Optional[_Union[CacheControl, _Mapping]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("text", "source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "stored", "finish_reason", "hits")
+    __slots__ = ("text", "source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "stored", "finish_reason", "hits", "semantic_status")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
@@ -103,6 +122,7 @@ class AskResponse(_message.Message):
     STORED_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_STATUS_FIELD_NUMBER: _ClassVar[int]
     text: str
     source: Source
     similarity: float
@@ -114,7 +134,8 @@ class AskResponse(_message.Message):
     stored: bool
     finish_reason: FinishReason
     hits: int
-    def __init__(self, text: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stored: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., hits: _Optional[int] = ...) -> None: ...
+    semantic_status: SemanticStatus
+    def __init__(self, text: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stored: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ...) -> None: ...
 
 class AskStreamRequest(_message.Message):
     __slots__ = ("prompt", "model", "system", "options", "history", "cache")
@@ -133,7 +154,7 @@ class AskStreamRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., cache: _Optional[_Union[CacheControl, _Mapping]] = ...) -> None: ...
 
 class AskStreamStart(_message.Message):
-    __slots__ = ("source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "hits")
+    __slots__ = ("source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "hits", "semantic_status")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     MATCHED_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +163,7 @@ class AskStreamStart(_message.Message):
     CACHED_AT_FIELD_NUMBER: _ClassVar[int]
     LOOKUP_DURATION_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_STATUS_FIELD_NUMBER: _ClassVar[int]
     source: Source
     similarity: float
     matched_prompt: str
@@ -150,7 +172,8 @@ class AskStreamStart(_message.Message):
     cached_at: _timestamp_pb2.Timestamp
     lookup_duration: _duration_pb2.Duration
     hits: int
-    def __init__(self, source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hits: _Optional[int] = ...) -> None: ...
+    semantic_status: SemanticStatus
+    def __init__(self, source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ...) -> None: ...
 
 class AskStreamDelta(_message.Message):
     __slots__ = ("text",)
