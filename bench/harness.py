@@ -1,0 +1,160 @@
+"""Processes for benchmarks: redis-server, the Ollama-protocol server and `semcache serve`, each
+its own process, so the load generator never shares a GIL with the server it measures."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.redis_process import RedisProcess, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SEMCACHE = shutil.which("semcache") or str(Path(sys.executable).parent / "semcache")
+
+
+def percentiles(samples_seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99/max in milliseconds."""
+    values = np.asarray(samples_seconds, dtype=np.float64) * 1000
+    return {
+        "p50_ms": float(np.percentile(values, 50)),
+        "p90_ms": float(np.percentile(values, 90)),
+        "p99_ms": float(np.percentile(values, 99)),
+        "max_ms": float(values.max()),
+        "n": float(len(values)),
+    }
+
+
+def format_percentiles(name: str, stats: dict[str, float]) -> str:
+    return (
+        f"{name:<34} p50 {stats['p50_ms']:7.2f} ms   p90 {stats['p90_ms']:7.2f} ms   "
+        f"p99 {stats['p99_ms']:7.2f} ms   (n={int(stats['n'])})"
+    )
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+@dataclass
+class FakeOllamaProcess:
+    process: subprocess.Popen[bytes]
+    url: str
+
+
+@contextlib.contextmanager
+def fake_ollama(
+    token_delay: float = 0.0, first_token_delay: float = 0.0
+) -> Iterator[FakeOllamaProcess]:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.ollama_fake",
+            "--port",
+            str(port),
+            "--token-delay",
+            str(token_delay),
+            "--first-token-delay",
+            str(first_token_delay),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/api/version", timeout=1):
+                break
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                raise RuntimeError("the Ollama-protocol server did not start") from None
+            time.sleep(0.05)
+    try:
+        yield FakeOllamaProcess(process, url)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+@dataclass
+class SemcacheProcess:
+    process: subprocess.Popen[bytes]
+    target: str
+    redis: RedisProcess
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def wait_healthy(target: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError("semcache serve exited during start-up")
+            with contextlib.suppress(grpc.RpcError):
+                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(0.1)
+    raise RuntimeError("semcache serve did not become healthy")
+
+
+@contextlib.contextmanager
+def semcache_server(ollama_url: str, *extra_args: str) -> Iterator[SemcacheProcess]:
+    """`semcache serve` on a fresh redis-server, as a user would run it."""
+    with tempfile.TemporaryDirectory(prefix="semcache-bench-") as scratch:
+        redis = RedisProcess(Path(scratch) / "redis").start()
+        port = free_port()
+        environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1"}
+        process = subprocess.Popen(
+            [
+                SEMCACHE,
+                "serve",
+                "--port",
+                str(port),
+                "--redis-url",
+                redis.url,
+                "--ollama-host",
+                ollama_url,
+                "--log-level",
+                "WARNING",
+                *extra_args,
+            ],
+            env=environment,
+        )
+        target = f"127.0.0.1:{port}"
+        try:
+            wait_healthy(target, process)
+            yield SemcacheProcess(process, target, redis)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            redis.stop()
