@@ -122,6 +122,7 @@ async def start(
             ttl_seconds=settings.ttl_seconds or None,
             replay_chunk_chars=settings.replay_chunk_chars,
             max_semantic_temperature=settings.max_semantic_temperature,
+            speculative_llm=settings.speculative_llm,
             limits=Limits(max_prompt_chars=settings.max_prompt_chars),
         ),
     )

@@ -31,7 +31,7 @@ from semcache_server.domain import (
 )
 from semcache_server.index import Vector
 from semcache_server.layers import ExactLayer, OutageLog, SemanticLayer
-from semcache_server.llm import LLMBackend, LLMFinish
+from semcache_server.llm import LLMBackend, LLMEvent, LLMFinish
 from semcache_server.store import EntryStore
 from semcache_server.validation import Limits, validate
 
@@ -44,7 +44,46 @@ class ChainSettings:
     replay_chunk_chars: int = 64
     max_semantic_temperature: float = 1.0
     """Above it the semantic layer is skipped: sampling asks for variety."""
+    speculative_llm: bool = False
+    """Start the LLM alongside the semantic lookup; a hit cancels it (see PrefetchedStream)."""
     limits: Limits = field(default_factory=Limits)
+
+
+class PrefetchedStream:
+    """Runs an LLM stream ahead of its reader, buffering its events.
+
+    The LLM starts while the semantic layer is still deciding; cancel() closes the HTTP stream
+    when a hit makes the answer unnecessary, so Ollama stops generating for nobody.
+    """
+
+    _END = object()
+
+    def __init__(self, stream: AsyncGenerator[LLMEvent, None]) -> None:
+        self._buffer: asyncio.Queue[object] = asyncio.Queue()
+        self._pump_task = asyncio.create_task(self._pump(stream))
+
+    async def _pump(self, stream: AsyncGenerator[LLMEvent, None]) -> None:
+        try:
+            async with contextlib.aclosing(stream):
+                async for event in stream:
+                    self._buffer.put_nowait(event)
+        except Exception as error:  # handed to the reader, raised there
+            self._buffer.put_nowait(error)
+        finally:
+            self._buffer.put_nowait(self._END)
+
+    async def events(self) -> AsyncGenerator[LLMEvent, None]:
+        while (item := await self._buffer.get()) is not self._END:
+            if isinstance(item, Exception):
+                raise item
+            yield item  # type: ignore[misc]
+
+    async def cancel(self) -> None:
+        """Idempotent: the owner calls it whatever happened to the reader."""
+        if not self._pump_task.done():
+            self._pump_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump_task
 
 
 class CacheChain:
@@ -88,39 +127,53 @@ class CacheChain:
         vector: Vector | None = None
 
         status = self._semantic_skip(query, control)
-        if not control.skip_lookup:
-            entry = await self._exact.lookup(entry_id)
-            if entry is not None:
-                async for event in self._replay(entry, Source.EXACT, 1.0, started, None):
-                    yield event
-                return
-            if status is None:
-                vector = await self._semantic.embed(query.prompt)
-                status = SemanticStatus.UNAVAILABLE
-                if vector is not None:
-                    outcome = await self._semantic.lookup(
-                        query, partition, vector, control.similarity_threshold
-                    )
-                    status = outcome.status
-                    if outcome.hit is not None:
-                        async for event in self._replay(
-                            outcome.hit.entry,
-                            Source.SEMANTIC,
-                            outcome.hit.similarity,
-                            started,
-                            status,
-                        ):
-                            yield event
-                        return
+        speculative: PrefetchedStream | None = None
+        try:
+            if not control.skip_lookup:
+                entry = await self._exact.lookup(entry_id)
+                if entry is not None:
+                    async for event in self._replay(entry, Source.EXACT, 1.0, started, None):
+                        yield event
+                    return
+                if status is None:
+                    if self._settings.speculative_llm:
+                        # Hide the semantic lookup behind the LLM's own time to first token;
+                        # a hit cancels the call before it has produced anything to waste.
+                        speculative = PrefetchedStream(self._llm.stream(query))
+                    vector = await self._semantic.embed(query.prompt)
+                    status = SemanticStatus.UNAVAILABLE
+                    if vector is not None:
+                        outcome = await self._semantic.lookup(
+                            query, partition, vector, control.similarity_threshold
+                        )
+                        status = outcome.status
+                        if outcome.hit is not None:
+                            if speculative is not None:
+                                await speculative.cancel()
+                            async for event in self._replay(
+                                outcome.hit.entry,
+                                Source.SEMANTIC,
+                                outcome.hit.similarity,
+                                started,
+                                status,
+                            ):
+                                yield event
+                            return
 
-        yield Origin(
-            source=Source.LLM,
-            model=query.model,
-            lookup_seconds=time.monotonic() - started,
-            semantic_status=status,
-        )
-        async for event in self._generate(query, control, entry_id, partition, vector, started):
-            yield event
+            yield Origin(
+                source=Source.LLM,
+                model=query.model,
+                lookup_seconds=time.monotonic() - started,
+                semantic_status=status,
+            )
+            llm_events = speculative.events() if speculative else self._llm.stream(query)
+            async for event in self._generate(
+                query, control, entry_id, partition, vector, started, llm_events
+            ):
+                yield event
+        finally:
+            if speculative is not None:
+                await speculative.cancel()
 
     def _semantic_skip(self, query: Query, control: CacheControl) -> SemanticStatus | None:
         """Why the semantic layer must not answer this request, or None when it may."""
@@ -172,6 +225,7 @@ class CacheChain:
         partition: str,
         vector: Vector | None,
         started: float,
+        llm_events: AsyncGenerator[LLMEvent, None],
     ) -> AsyncGenerator[AnswerEvent, None]:
         embedding: asyncio.Task[Vector | None] | None = None
         if not control.skip_store and vector is None:
@@ -180,7 +234,7 @@ class CacheChain:
         parts: list[str] = []
         finish: LLMFinish | None = None
         try:
-            async with contextlib.aclosing(self._llm.stream(query)) as stream:
+            async with contextlib.aclosing(llm_events) as stream:
                 async for event in stream:
                     if isinstance(event, TextDelta):
                         parts.append(event.text)

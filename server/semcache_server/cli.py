@@ -91,6 +91,14 @@ def main() -> None:
     "[env SEMCACHE_MAX_SEMANTIC_TEMPERATURE]",
 )
 @click.option(
+    "--speculative-llm/--no-speculative-llm",
+    envvar="SEMCACHE_SPECULATIVE_LLM",
+    default=False,
+    show_default=True,
+    help="Start the LLM call while the semantic layer decides: a miss's first token comes "
+    "sooner, and a semantic hit cancels an LLM call. [env SEMCACHE_SPECULATIVE_LLM]",
+)
+@click.option(
     "--ttl",
     "ttl_seconds",
     envvar="SEMCACHE_TTL_SECONDS",

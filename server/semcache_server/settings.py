@@ -27,6 +27,9 @@ class Settings:
     """None: the embedder's default policy."""
     max_semantic_temperature: float = 1.0
     """Requests sampling hotter than this skip the semantic layer."""
+    speculative_llm: bool = False
+    """Start the LLM call alongside the semantic lookup: lower time to first token on a miss,
+    at the price of a cancelled LLM call on every semantic hit."""
     ttl_seconds: float = 0.0
     """0: entries never expire."""
     max_prompt_chars: int = 32_000
