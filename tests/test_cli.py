@@ -91,8 +91,7 @@ def served(tmp_path: Path, ollama: FakeOllama) -> Iterator[ServeProcess]:
     server.start()
     yield server
     if server.process is not None and server.process.poll() is None:
-        server.process.kill()
-        server.process.wait()
+        server.terminate()  # SIGTERM: a killed server would leave its embedded Redis running
 
 
 def test_serve_on_the_embedded_default_answers_caches_and_keeps_the_cache_across_restarts(

