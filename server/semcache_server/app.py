@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from dataclasses import dataclass, field
 
@@ -152,6 +153,7 @@ async def start(
         service.background.add(retry)
         retry.add_done_callback(service.background.discard)
     await server.start()
+    gc.collect()  # start-up garbage (model building, index loading) would linger until a full GC
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(

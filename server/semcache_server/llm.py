@@ -88,9 +88,13 @@ class OllamaBackend:
     def __init__(self, host: str | None, connect_timeout: float = 2.0) -> None:
         self.address = host or DEFAULT_OLLAMA_HOST
         # Generation may legitimately take minutes between tokens on a cold model, so only the
-        # connection is bounded here; the caller's deadline bounds the rest.
+        # connection is bounded here; the caller's deadline bounds the rest. Each streaming answer
+        # holds a connection for its whole length and Ollama queues requests itself, so the pool
+        # must not cap them (httpx's default of 100 made stream 101 wait for stream 1 to end).
         self._client = ollama.AsyncClient(
-            host=self.address, timeout=httpx.Timeout(None, connect=connect_timeout)
+            host=self.address,
+            timeout=httpx.Timeout(None, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
         )
 
     async def stream(self, query: Query) -> AsyncGenerator[LLMEvent, None]:
