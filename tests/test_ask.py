@@ -199,14 +199,24 @@ async def test_threshold_zero_means_exact_matches_only(
 
 
 @pytest.mark.asyncio
-async def test_a_request_threshold_overrides_the_default(semcache: Running) -> None:
+async def test_a_request_threshold_overrides_the_default_but_not_the_guards(
+    semcache: Running,
+) -> None:
     await semcache.stub.Ask(ask(), timeout=10)
+    distant = "What is the way to flip the order of items in a Python list?"  # cosine 0.75
 
-    strict = await semcache.stub.Ask(ask(PARAPHRASE, similarity_threshold=0.999), timeout=10)
-    loose = await semcache.stub.Ask(ask(UNRELATED, similarity_threshold=0.01), timeout=10)
+    default = await semcache.stub.Ask(ask(distant, skip_store=True), timeout=10)
+    strict = await semcache.stub.Ask(
+        ask(PARAPHRASE, similarity_threshold=0.999, skip_store=True), timeout=10
+    )
+    loose = await semcache.stub.Ask(ask(distant, similarity_threshold=0.5), timeout=10)
+    unrelated = await semcache.stub.Ask(ask(UNRELATED, similarity_threshold=0.01), timeout=10)
 
+    assert default.source == pb.SOURCE_LLM
     assert strict.source == pb.SOURCE_LLM
     assert loose.source == pb.SOURCE_SEMANTIC and loose.matched_prompt == QUESTION
+    assert unrelated.source == pb.SOURCE_LLM
+    assert unrelated.semantic_status == pb.SEMANTIC_STATUS_REJECTED_BY_GUARD
 
 
 @pytest.mark.asyncio

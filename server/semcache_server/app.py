@@ -19,7 +19,7 @@ from semcache_server.embedders import Embedder
 from semcache_server.index import ExactIndex
 from semcache_server.layers import ExactLayer, OutageLog, SemanticLayer
 from semcache_server.llm import LLMBackend, OllamaBackend
-from semcache_server.policy import ThresholdPolicy
+from semcache_server.policy import default_policy
 from semcache_server.service import SemcacheServicer
 from semcache_server.settings import Settings
 from semcache_server.store import EntryStore, RedisEntryStore
@@ -28,9 +28,6 @@ from semcache_server.validation import Limits
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["SemcacheService"].full_name
-DEFAULT_THRESHOLD = {"local/all-MiniLM-L6-v2": 0.92}
-"""Conservative until calibrated; thresholds do not transfer between embedding models."""
-FALLBACK_THRESHOLD = 0.95
 INDEX_RETRY_SECONDS = 5.0
 
 
@@ -106,13 +103,9 @@ async def start(
         if llm is not None
         else OllamaBackend(settings.ollama_host, connect_timeout=settings.ollama_connect_timeout)
     )
-    threshold = settings.similarity_threshold
-    if threshold is None:
-        threshold = DEFAULT_THRESHOLD.get(embedder.model_id, FALLBACK_THRESHOLD)
+    policy = default_policy(embedder.model_id, settings.similarity_threshold)
     store_outages = OutageLog("Redis")
-    semantic = SemanticLayer(
-        embedder, ExactIndex(), store, ThresholdPolicy(threshold), store_outages
-    )
+    semantic = SemanticLayer(embedder, ExactIndex(), store, policy, store_outages)
     chain = CacheChain(
         ExactLayer(store, store_outages),
         semantic,
@@ -157,11 +150,12 @@ async def start(
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
-        "semcache serving on %s:%d (embedder %s, threshold %.3f, %d entries indexed)",
+        "semcache serving on %s:%d (embedder %s, %s from cosine %.4f, %d entries indexed)",
         settings.host,
         port,
         embedder.model_id,
-        threshold,
+        type(policy).__name__,
+        policy.floor,
         len(semantic.index),
     )
     return service

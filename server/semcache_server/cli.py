@@ -241,6 +241,24 @@ def ask(
         sys.exit(1)
 
 
+@main.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    }
+)
+@click.pass_context
+def calibrate(context: click.Context) -> None:
+    """Fit the default semantic policy of an embedder on labelled pairs and write it as JSON.
+
+    Takes the arguments of `python -m semcache_server.calibration`; `--help` lists them.
+    """
+    from semcache_server import calibration
+
+    sys.exit(calibration.main(context.args))
+
+
 @main.command()
 @click.option(
     "--target",

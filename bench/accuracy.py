@@ -1,0 +1,462 @@
+"""How often semantic hits are right: the protocol of shared/data/README.md, run through the cache.
+
+    .venv/bin/python -m bench.accuracy --data ../shared/data/qqp_dev.jsonl \\
+        [--data ...] [--split all|calibration|heldout] [--limit N] [--json]
+
+Everything between the query and the verdict is the real code: a `CacheChain` with its exact and
+semantic layers over a real redis-server (`RedisProcess`), an `ExactIndex`, and the real policy
+objects. Only two parts are stand-ins: the LLM (a stub that answers every miss; storing is off
+while scoring) and the embedder, which serves vectors computed beforehand in batches, because
+embedding 40k prompts one by one would take most of an hour. The cost of a real embedding is
+measured separately on a sample and printed next to the tables.
+
+Per data file, the cache is loaded with every distinct `cached` prompt (each with its own
+answer); then every `query` of the chosen split is asked once, in file order, once per policy:
+the static thresholds of the sweep, optionally guarded thresholds, and the embedder's default
+policy (`default_policy`). The cache holds every cached prompt of the file under every split:
+``--split heldout`` asks only the queries that calibration never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+from semcache_server.calibration import (
+    DEFAULT_OLLAMA_EMBED_MODEL,
+    SPLITS,
+    Embedded,
+    LabelledPair,
+    Progress,
+    Score,
+    distinct_cached,
+    embed_texts,
+    open_embedder,
+    read_pairs,
+    select,
+)
+from semcache_server.chain import CacheChain, ChainSettings
+from semcache_server.domain import (
+    CacheControl,
+    EmbedderUnavailable,
+    FinishReason,
+    Query,
+    SemanticStatus,
+    Source,
+    TextDelta,
+)
+from semcache_server.embedders import Embedder, Vectors
+from semcache_server.index import ExactIndex
+from semcache_server.layers import ExactLayer, OutageLog, SemanticLayer
+from semcache_server.llm import LLMEvent, LLMFinish
+from semcache_server.policy import (
+    CalibratedPolicy,
+    GuardedThresholdPolicy,
+    HitPolicy,
+    ThresholdPolicy,
+    Verdict,
+    default_policy,
+)
+from semcache_server.store import RedisEntryStore
+
+from bench.harness import percentiles
+from tests.redis_process import RedisProcess
+
+STATIC_THRESHOLDS = (0.80, 0.85, 0.90, 0.92, 0.95, 0.97, 0.99)
+MODEL = "bench-model"
+EMBED_SAMPLE = 200
+
+
+class PrecomputedEmbedder:
+    """Serves vectors embedded beforehand by the real model, under that model's id."""
+
+    def __init__(self, model_id: str, embedded: Embedded) -> None:
+        self._model_id = model_id
+        self._embedded = embedded
+
+    @property
+    def model_id(self) -> str:
+        return self._model_id
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        try:
+            return self._embedded.of(texts)
+        except KeyError as error:
+            raise EmbedderUnavailable(f"no precomputed vector for {error}") from None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class AnsweringLLM:
+    """Answers every prompt at once; the answer names the prompt, like a real one would."""
+
+    async def stream(self, query: Query) -> AsyncGenerator[LLMEvent, None]:
+        yield TextDelta(f"the answer to: {query.prompt}")
+        yield LLMFinish(FinishReason.STOP, prompt_tokens=1, completion_tokens=1)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class CountingOutages(OutageLog):
+    """An outage log that remembers failures: a Redis error mid-run would be scored as misses."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.failures = 0
+
+    def failed(self, error: Exception) -> None:
+        self.failures += 1
+        super().failed(error)
+
+
+class TimedPolicy:
+    """Wraps a policy to time its judge calls: the policy's own share of a lookup."""
+
+    def __init__(self, inner: HitPolicy) -> None:
+        self.inner = inner
+        self.seconds: list[float] = []
+
+    @property
+    def floor(self) -> float:
+        return self.inner.floor
+
+    async def judge(
+        self, prompt: str, candidate: str, similarity: float, threshold: float | None
+    ) -> Verdict:
+        started = time.perf_counter()
+        verdict = await self.inner.judge(prompt, candidate, similarity, threshold)
+        self.seconds.append(time.perf_counter() - started)
+        return verdict
+
+
+@dataclass
+class PolicyResult:
+    name: str
+    score: Score
+    rejected_by_guard: int
+    exact_hits: int
+    lookup_ms: dict[str, float]
+    judge_us: dict[str, float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "policy": self.name,
+            **self.score.as_dict(),
+            "exact_hits": self.exact_hits,
+            "rejected_by_guard": self.rejected_by_guard,
+            "lookup_p50_ms": self.lookup_ms["p50_ms"],
+            "lookup_p99_ms": self.lookup_ms["p99_ms"],
+            "judge_p50_us": self.judge_us.get("p50_ms", math.nan) * 1000,
+            "judge_p99_us": self.judge_us.get("p99_ms", math.nan) * 1000,
+            "judge_calls": int(self.judge_us.get("n", 0)),
+        }
+
+
+@dataclass
+class FileResult:
+    embedder: str
+    data: str
+    split: str
+    cache_entries: int
+    results: list[PolicyResult] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "embedder": self.embedder,
+            "data": self.data,
+            "split": self.split,
+            "cache_entries": self.cache_entries,
+            "policies": [result.as_dict() for result in self.results],
+        }
+
+
+def describe(policy: HitPolicy) -> str:
+    if isinstance(policy, CalibratedPolicy):
+        return (
+            f"default: calibrated [{policy.gray_floor:.3f},{policy.accept_above:.4f}) "
+            f"cut {policy.cutoff:.2f}"
+        )
+    if isinstance(policy, GuardedThresholdPolicy):
+        return f"default: guarded {policy.threshold:.2f}"
+    return f"default: {policy!r}"
+
+
+class Bench:
+    """One loaded cache (a data file's cached prompts) that policies are scored against."""
+
+    def __init__(self, redis_url: str, embedder: Embedder) -> None:
+        self._client = aioredis.Redis.from_url(redis_url)
+        self._store = RedisEntryStore(self._client)
+        self._outages = CountingOutages("Redis")
+        self._embedder = embedder
+        self._index = ExactIndex()
+        self._llm = AnsweringLLM()
+        self.prompt_of: dict[str, str] = {}
+
+    def _chain(self, policy: HitPolicy) -> CacheChain:
+        semantic = SemanticLayer(self._embedder, self._index, self._store, policy, self._outages)
+        return CacheChain(
+            ExactLayer(self._store, self._outages),
+            semantic,
+            self._llm,
+            self._store,
+            self._outages,
+            ChainSettings(),
+        )
+
+    async def load(self, cached: Sequence[str], label: str) -> None:
+        """Store every cached prompt with its own answer, through the chain's own store path."""
+        await self._client.flushdb()
+        self._index = ExactIndex()
+        self.prompt_of = {}
+        chain = self._chain(ThresholdPolicy(1.0))
+        progress = Progress(label, len(cached))
+        for prompt in cached:
+            answer = await chain.ask(Query(prompt, MODEL), CacheControl(skip_lookup=True))
+            if not answer.completion.stored:
+                raise RuntimeError(f"could not store {prompt!r}: is Redis up?")
+            self.prompt_of[answer.completion.entry_id] = prompt
+            progress.advance(1)
+        progress.close()
+
+    async def score(
+        self, name: str, policy: HitPolicy, asked: Sequence[LabelledPair]
+    ) -> PolicyResult:
+        timed = TimedPolicy(policy)
+        chain = self._chain(timed)
+        hits = correct = rejected = exact = 0
+        lookups: list[float] = []
+        progress = Progress(f"  {name}", len(asked))
+        for pair in asked:
+            answer = await chain.ask(Query(pair.query, MODEL), CacheControl(skip_store=True))
+            origin = answer.origin
+            lookups.append(origin.lookup_seconds)
+            if origin.semantic_status is SemanticStatus.REJECTED_BY_GUARD:
+                rejected += 1
+            if origin.source is not Source.LLM:
+                hits += 1
+                exact += origin.source is Source.EXACT
+                hit_prompt = self.prompt_of[origin.entry_id]
+                correct += hit_prompt == pair.cached and pair.duplicate
+            progress.advance(1)
+        progress.close()
+        if self._outages.failures:
+            raise RuntimeError("Redis failed during the run; the figures would be wrong")
+        score = Score(
+            queries=len(asked),
+            duplicates=sum(pair.duplicate for pair in asked),
+            hits=hits,
+            correct=correct,
+        )
+        return PolicyResult(
+            name,
+            score,
+            rejected,
+            exact,
+            percentiles(lookups),
+            percentiles(timed.seconds) if timed.seconds else {},
+        )
+
+    async def aclose(self) -> None:
+        await self._store.aclose()
+
+
+def policies_for(
+    model_id: str,
+    thresholds: Sequence[float],
+    guarded: Sequence[float],
+    extra: Sequence[CalibratedPolicy],
+) -> list[tuple[str, HitPolicy]]:
+    chosen: list[tuple[str, HitPolicy]] = [
+        (f"static {t:.2f}", ThresholdPolicy(t)) for t in thresholds
+    ]
+    chosen += [(f"guarded {t:.2f}", GuardedThresholdPolicy(t)) for t in guarded]
+    for policy in extra:
+        if policy.embedder == model_id:
+            chosen.append((describe(policy).replace("default", "file"), policy))
+    default = default_policy(model_id)
+    chosen.append((describe(default), default))
+    return chosen
+
+
+async def measure_embedding(embedder: Embedder, texts: Sequence[str]) -> dict[str, float]:
+    """The real cost of embedding one query, which the precomputed vectors leave out."""
+    seconds = []
+    for text in texts:
+        started = time.perf_counter()
+        await embedder.embed([text])
+        seconds.append(time.perf_counter() - started)
+    return percentiles(seconds)
+
+
+async def run(
+    data: Sequence[Path],
+    embedder: Embedder,
+    *,
+    split: str = "all",
+    limit: int | None = None,
+    thresholds: Sequence[float] = STATIC_THRESHOLDS,
+    guarded: Sequence[float] = (),
+    extra: Sequence[CalibratedPolicy] = (),
+    cache_dir: Path | None = None,
+    redis_url: str | None = None,
+) -> list[FileResult]:
+    """Score every policy on every data file with one embedder; the embedder stays open."""
+    results: list[FileResult] = []
+    with contextlib.ExitStack() as stack:
+        if redis_url is None:
+            scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="semcache-acc-")))
+            redis = RedisProcess(scratch / "redis").start()
+            stack.callback(redis.stop)
+            redis_url = redis.url
+        for path in data:
+            pairs = read_pairs(path, limit)
+            cached = distinct_cached(pairs)
+            asked = select(pairs, split)
+            embedded = await embed_texts(
+                embedder,
+                [*cached, *(pair.query for pair in pairs)],
+                cache_dir=cache_dir,
+                label=f"embedding {path.name}",
+            )
+            bench = Bench(redis_url, PrecomputedEmbedder(embedder.model_id, embedded))
+            try:
+                await bench.load(cached, f"loading {len(cached)} entries")
+                result = FileResult(embedder.model_id, path.name, split, len(cached))
+                for name, policy in policies_for(embedder.model_id, thresholds, guarded, extra):
+                    result.results.append(await bench.score(name, policy, asked))
+            finally:
+                await bench.aclose()
+            results.append(result)
+    return results
+
+
+def _percent(value: float) -> str:
+    return "   -  " if math.isnan(value) else f"{value:6.3f}"
+
+
+def format_table(result: FileResult) -> str:
+    first = result.results[0].score if result.results else Score(0, 0, 0, 0)
+    lines = [
+        f"== {result.embedder} | {result.data} | split {result.split}: {first.queries} queries, "
+        f"{first.duplicates} duplicates, {result.cache_entries} cached prompts",
+        f"{'policy':<42} {'hits':>6} {'correct':>7} {'false':>6} {'prec':>6} {'recall':>6} "
+        f"{'FHR':>7} {'guard':>6} {'lookup p50/p99 ms':>18} {'judge p50/p99 us':>17}",
+    ]
+    for row in result.results:
+        s = row.score
+        judge = (
+            f"{row.judge_us['p50_ms'] * 1000:7.1f}/{row.judge_us['p99_ms'] * 1000:7.1f}"
+            if row.judge_us
+            else f"{'-':>15}"
+        )
+        lines.append(
+            f"{row.name:<42} {s.hits:6d} {s.correct:7d} {s.false_hits:6d} {_percent(s.precision)} "
+            f"{_percent(s.recall)} {s.false_hit_rate:7.4f} {row.rejected_by_guard:6d} "
+            f"{row.lookup_ms['p50_ms']:8.2f}/{row.lookup_ms['p99_ms']:7.2f}  {judge}"
+        )
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.accuracy", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--data", type=Path, action="append", required=True, help="JSONL pairs")
+    parser.add_argument("--split", choices=SPLITS, default="all")
+    parser.add_argument("--limit", type=int, default=None, help="first N pairs of each file")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--thresholds", type=float, nargs="*", default=list(STATIC_THRESHOLDS))
+    parser.add_argument(
+        "--guarded", type=float, nargs="*", default=[], help="guarded static thresholds to add"
+    )
+    parser.add_argument(
+        "--policy", type=Path, action="append", default=[], help="extra calibrated policy JSON"
+    )
+    parser.add_argument("--ollama-host", default=os.environ.get("OLLAMA_HOST"))
+    parser.add_argument("--ollama-embed-model", default=DEFAULT_OLLAMA_EMBED_MODEL)
+    parser.add_argument("--no-ollama", action="store_true", help="only the local embedder")
+    parser.add_argument("--embedding-cache", type=Path, default=None, help="directory for .npy")
+    return parser
+
+
+async def _main(args: argparse.Namespace) -> int:
+    extra = [CalibratedPolicy.load(path) for path in args.policy]
+    report: dict[str, Any] = {"results": [], "skipped": [], "embedding_ms": {}}
+    embedders: list[tuple[str, Embedder]] = [("local", open_embedder("local"))]
+    if not args.no_ollama:
+        ollama = open_embedder(
+            "ollama", ollama_host=args.ollama_host, ollama_embed_model=args.ollama_embed_model
+        )
+        try:
+            await ollama.embed(["is the embedding model there?"])
+            embedders.append(("ollama", ollama))
+        except EmbedderUnavailable as error:
+            reason = f"skip {ollama.model_id}: not reachable ({error})"
+            report["skipped"].append({"embedder": ollama.model_id, "reason": str(error)})
+            print(reason, file=sys.stderr if args.json else sys.stdout, flush=True)
+            await ollama.aclose()
+    for _, embedder in embedders:
+        try:
+            sample = [pair.query for pair in read_pairs(args.data[0], EMBED_SAMPLE)]
+            embedding = await measure_embedding(embedder, sample)
+            report["embedding_ms"][embedder.model_id] = embedding
+            results = await run(
+                args.data,
+                embedder,
+                split=args.split,
+                limit=args.limit,
+                thresholds=args.thresholds,
+                guarded=args.guarded,
+                extra=extra,
+                cache_dir=args.embedding_cache,
+            )
+        finally:
+            await embedder.aclose()
+        report["results"] += [result.as_dict() for result in results]
+        if not args.json:
+            print(
+                f"\nembedding one query with {embedder.model_id} (not in the lookup figures): "
+                f"p50 {embedding['p50_ms']:.2f} ms, p99 {embedding['p99_ms']:.2f} ms",
+                flush=True,
+            )
+            for result in results:
+                print("\n" + format_table(result), flush=True)
+    if args.json:
+        print(json.dumps(_finite(report), indent=2))
+    return 0
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: an undefined figure (precision without hits) becomes null."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite(item) for item in value]
+    if isinstance(value, float | np.floating):
+        return None if math.isnan(value) else float(value)
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return asyncio.run(_main(_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,499 @@
+"""Lexical guards: catch the look-alike prompts that a sentence embedding scores as near-identical.
+
+A mean-pooled sentence embedding barely moves when one word changes, yet "capital of Austria" and
+"capital of Australia", "Celsius to Fahrenheit" and "Fahrenheit to Celsius", "with" and "without"
+ask different things. This module reads both prompts as words and reports two things:
+
+- **mismatches**: hard evidence that the prompts ask different things (a different number, a
+  negation on one side only, an antonym swapped in, two terms trading places, a different named
+  entity). A hit policy vetoes a candidate on any of them.
+- **features**: graded signals (how many content words lack a counterpart, word overlap, ...) that
+  a learned gray-zone model weighs together with the cosine (see `semcache_server.calibration`).
+
+Everything here is pure Python over short strings, so a comparison costs tens of microseconds;
+analyses are cached by text because cached prompts are compared again and again.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+
+def _listed(text: str) -> list[str]:
+    return text.split()
+
+
+def _words(text: str) -> frozenset[str]:
+    return frozenset(_listed(text))
+
+
+# Function words: they carry grammar, not the topic, so a paraphrase may add or drop them freely.
+# Negations, comparison words and number words are deliberately absent: they change the answer.
+STOPWORDS = _words(
+    """
+    a about above across actually after again also am an and any anyone anything are as at
+    be been before being both but by can could did do does doing done during each either else
+    ever every everyone for from get gets getting go goes going got had has have having he her
+    here hers herself him himself his how i if in into is it its itself just know let like
+    likely me mine my myself need needs of on onto or our ours ourselves out over per please
+    possible really s she should so some someone something such t tell than that the their
+    theirs them themselves then there these they thing things this those through to too u
+    under up us use used using very via want was way ways we were what whats whatever when
+    where whether which while who whom whose why will with would yet you your yours yourself
+    yourselves
+    """
+)
+
+NEGATIONS = _words("not no never none nobody nothing neither nor nowhere without non")
+
+# Number words that are unambiguous; "one", "first" and "second" are not (pronoun, adverb, time).
+_NUMBER_WORDS = {
+    word: str(value)
+    for value, word in enumerate(
+        _listed(
+            "zero _ two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+            "fifteen sixteen seventeen eighteen nineteen twenty"
+        )
+    )
+    if word != "_"
+}
+_NUMBER_WORDS.update(
+    {
+        "thirty": "30",
+        "forty": "40",
+        "fifty": "50",
+        "sixty": "60",
+        "seventy": "70",
+        "eighty": "80",
+        "ninety": "90",
+        "hundred": "100",
+        "thousand": "1000",
+        "million": "1000000",
+        "billion": "1000000000",
+        "trillion": "1000000000000",
+        "dozen": "12",
+        "half": "0.5",
+        "third": "3th",
+        "fourth": "4th",
+        "fifth": "5th",
+        "sixth": "6th",
+        "seventh": "7th",
+        "eighth": "8th",
+        "ninth": "9th",
+        "tenth": "10th",
+        "twice": "2x",
+        "double": "2x",
+        "triple": "3x",
+    }
+)
+
+# Pairs of words whose exchange turns a question into another one. Hand-written and general:
+# opposites, converse relations, the two ends of common conversions.
+_OPPOSITES = """
+good bad, best worst, better worse, right wrong, true false, correct incorrect, pros cons,
+advantage disadvantage, positive negative, plus minus, more less, more fewer, most least,
+increase decrease, increase reduce, rise fall, gain lose, gain loss, profit loss, win lose,
+high low, higher lower, highest lowest, big small, large small, huge small, huge tiny,
+long short, tall short, old new, old young, rich poor, cheap expensive, easy hard,
+easy difficult, fast slow, faster slower, early late, hot cold, warm cool, wet dry, full empty,
+light dark, light heavy, thick thin, wide narrow, deep shallow, loud quiet, clean dirty,
+strong weak, safe dangerous, healthy unhealthy, happy sad, love hate, like dislike,
+legal illegal, possible impossible, visible invisible, valid invalid, real fake,
+natural artificial, permanent temporary, public private, internal external, input output,
+import export, upload download, send receive, buy sell, lend borrow, give take, push pull,
+open close, start stop, start end, begin end, first last, before after, above below, over under,
+inside outside, in out, into out, on off, onto off, up down, top bottom, upper lower,
+uppercase lowercase, front back, forward backward, ahead behind, near far, close far, left right,
+north south, east west, add remove, add subtract, multiply divide, enable disable,
+include exclude, allow deny, accept reject, pass fail, success failure, encrypt decrypt,
+compress decompress, encode decode, serialize deserialize, install uninstall, lock unlock,
+connect disconnect, sync async, synchronous asynchronous, client server, local remote,
+min max, minimum maximum, ascending descending, asc desc, always never, everyone nobody,
+all none, male female, man woman, men women, boy girl, boys girls, husband wife,
+father mother, son daughter, brother sister, king queen, he she, his her, him her,
+alive dead, life death, day night, morning evening, summer winter, spring autumn,
+sunrise sunset, past future, yesterday tomorrow, minor major, minority majority,
+celsius fahrenheit, kilometers miles, km miles, kg pounds, metric imperial, dollars euros,
+pounds kilograms, inches centimeters, feet meters, decimal binary, hex decimal,
+odd even, friend enemy, attack defend, offense defense, question answer, cause effect,
+arrive depart, entrance exit, inhale exhale, vertical horizontal, urban rural,
+domestic foreign, ancient modern, sweet sour, agree disagree, teach learn
+"""
+
+# Prefixes that negate the word they are glued to ("fold"/"unfold", "legal"/"illegal").
+_NEGATING_PREFIXES = ("un", "dis", "non", "non-", "in", "im", "il", "ir", "anti", "de")
+_MIN_NEGATED_BASE = 5
+
+# Words joining two terms in a symmetric way: "X and Y" asks what "Y and X" asks.
+_SYMMETRIC_LINKS = frozenset(
+    {"and", "or", "&", ",", "/", "vs", "versus", "with", "between", "among", "nor"}
+)
+_MAX_LINK_WORDS = 3
+_MAX_PHRASE_WORDS = 3
+_MIN_NAME_PREFIX = 4
+_ARTICLES = frozenset({"a", "an", "the"})
+
+# Questions whose answer is of a different kind: a time, a place, a person, a reason.
+_ANSWER_KINDS = frozenset({"when", "where", "who", "whom", "why"})
+
+_TOKEN = re.compile(
+    r"\d+(?:[.,:]\d+)*(?:st|nd|rd|th|s|k|m|x|%)?"  # numbers, 3rd, 1990s, 10k, 2x, 50%
+    r"|[^\W\d_]+(?:'[^\W\d_]+)*"  # words with apostrophes: isn't, Fahrenheit's
+    r"|[^\w\s]",  # punctuation, one mark a token
+)
+_CONTRACTION_BASES = {"ca": "can", "wo": "will", "sha": "shall", "ai": "is"}
+_CLITICS = ("'s", "'re", "'ve", "'ll", "'d", "'m")
+_SENTENCE_END = frozenset({".", "?", "!", ":", ";", '"', "“", "”", "(", ")"})
+
+
+class Mismatch(enum.Enum):
+    """A reason to believe two look-alike prompts ask different things."""
+
+    NUMBER = "number"
+    """Both mention numbers, and not the same ones ("3rd year" / "2nd year")."""
+    NEGATION = "negation"
+    """One side is negated and the other is not ("with" / "without", "is" / "isn't")."""
+    OPPOSITE = "opposite"
+    """A word is replaced by its opposite ("best" / "worst", "fold" / "unfold")."""
+    SWAPPED_ROLES = "swapped_roles"
+    """Two terms trade places around the same link ("Celsius to Fahrenheit" / the reverse)."""
+    ENTITY = "entity"
+    """Each side names something the other does not ("Austria" / "Australia")."""
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    """Lowercased, accents removed."""
+    stem: str
+    """What two forms of one word share ("rivers" -> "river")."""
+    entity: bool
+    """Capitalised mid-sentence, all capitals or mixing letters and digits: probably a name."""
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """One prompt read as words; computed once per text and cached."""
+
+    words: tuple[Word, ...]
+    content: tuple[Word, ...]
+    """Words that carry the topic: not function words, negations or numbers."""
+    sequence: tuple[str, ...]
+    """Stems of every token in order, punctuation included (for the swapped-roles guard)."""
+    numbers: tuple[str, ...]
+    """Normalised numbers, sorted ("2nd" -> "2th", "1,000" -> "1000", "twelve" -> "12")."""
+    negations: int
+    answer_kinds: frozenset[str]
+    stems: frozenset[str]
+
+
+def stem(word: str) -> str:
+    """A deliberately light suffix stripper, enough to pair the forms of one word.
+
+    It maps a word family onto one key ("make", "makes", "making" -> "mak"; "call", "called" ->
+    "cal"); the keys are not words, only something two prompts can share.
+    """
+    w = word
+    if len(w) > 4 and w.endswith("ies"):
+        w = w[:-3] + "y"
+    elif len(w) > 4 and w.endswith("es") and w[:-2].endswith(("s", "x", "z", "ch", "sh")):
+        w = w[:-2]
+    elif len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        w = w[:-1]
+    elif len(w) > 4 and w.endswith("ing") and any(c in "aeiouy" for c in w[:-3]):
+        w = w[:-3]
+    elif len(w) > 3 and w.endswith("ed") and not w.endswith("eed"):
+        w = w[:-2]
+    if len(w) > 3 and w[-1] == w[-2] and w[-1] not in "aeiou":
+        w = w[:-1]  # running -> runn -> run, called -> call -> cal
+    if len(w) > 3 and w.endswith("e"):
+        w = w[:-1]  # make / making
+    return w
+
+
+def _opposites_by_stem() -> dict[str, frozenset[str]]:
+    """The opposites table keyed by stem, so "uploading" meets "downloads"."""
+    table: dict[str, frozenset[str]] = {}
+    for pair in _OPPOSITES.replace("\n", " ").split(","):
+        a, b = (stem(word) for word in pair.split())
+        table[a] = table.get(a, frozenset()) | {b}
+        table[b] = table.get(b, frozenset()) | {a}
+    return table
+
+
+OPPOSITES = _opposites_by_stem()
+
+
+_NUMBER = re.compile(r"(\d+(?:\.\d+)*)(st|nd|rd|th|s)?")
+
+
+_ROMAN = {
+    numeral: str(value)
+    for value, numeral in enumerate(
+        _listed("_ I II III IV V VI VII VIII IX X XI XII XIII XIV XV XVI XVII XVIII XIX XX")
+    )
+    if numeral != "_"
+}
+# A lone I, V or X is a letter or a pronoun, except after words that take a numeral.
+_ROMAN_CUES = _words(
+    "level type class phase part war grade stage chapter volume season tier book act"
+)
+
+
+def _roman(raw: str, previous: str) -> str | None:
+    """The value of an upper-case Roman numeral ("World War II", "CFA level I"), else None."""
+    value = _ROMAN.get(raw)
+    if value is None or (len(raw) == 1 and stem(previous) not in _ROMAN_CUES):
+        return None
+    return value
+
+
+def _number(token: str) -> str | None:
+    """A canonical spelling of a number token, or None when the token is no number."""
+    if not token[0].isdigit():
+        return _NUMBER_WORDS.get(token)
+    value = token.replace(",", "").replace(":", ".")
+    match = _NUMBER.fullmatch(value)
+    if match is None:
+        return value  # 10k, 2x, 50%: compare as written
+    digits, suffix = match.groups()
+    if "." not in digits:
+        digits = digits.lstrip("0") or "0"
+    if suffix in ("st", "nd", "rd", "th"):
+        return f"{digits}th"
+    return digits  # "1990s" and "1990's" name the same decade
+
+
+def _fold(text: str) -> str:
+    """Compatibility-normalised, accents removed ("Pokémon" -> "Pokemon"), curly quotes straight."""
+    decomposed = unicodedata.normalize("NFKD", text.replace("\u2019", "'"))
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def _split_tokens(text: str) -> list[tuple[str, str]]:
+    """(lowercased, original) tokens with contractions opened: "isn't" -> "is", "not"."""
+    tokens: list[tuple[str, str]] = []
+    for raw in _TOKEN.findall(_fold(text)):
+        low = raw.lower()
+        if low.endswith("n't") and len(low) > 3:
+            base = low[:-3]
+            tokens.append((_CONTRACTION_BASES.get(base, base), raw[:-3]))
+            tokens.append(("not", "not"))
+            continue
+        if low == "cannot":
+            tokens += [("can", raw[:3]), ("not", "not")]
+            continue
+        for clitic in _CLITICS:
+            if low.endswith(clitic) and len(low) > len(clitic):
+                low, raw = low[: -len(clitic)], raw[: -len(clitic)]
+                break
+        tokens.append((low, raw))
+    return tokens
+
+
+def _looks_like_name(raw: str, sentence_start: bool) -> bool:
+    if any(c.isdigit() for c in raw) and any(c.isalpha() for c in raw):
+        return True  # i5, Python3, COVID19
+    if len(raw) > 1 and (raw.isupper() or any(c.isupper() for c in raw[1:])):
+        return True  # USA, NASA, iPhone
+    return raw[:1].isupper() and not sentence_start and raw != "I"
+
+
+@lru_cache(maxsize=8192)
+def analyse(text: str) -> Analysis:
+    """Read a prompt as words (cached: a cached prompt is compared with many queries)."""
+    words: list[Word] = []
+    content: list[Word] = []
+    sequence: list[str] = []
+    numbers: list[str] = []
+    negations = 0
+    sentence_start = True
+    previous = ""
+    for low, raw in _split_tokens(text):
+        if not low[0].isalnum():
+            sequence.append(low)
+            sentence_start = sentence_start or low in _SENTENCE_END
+            continue
+        number = _roman(raw, previous) or _number(low)
+        previous = low
+        word = Word(low, number or stem(low), _looks_like_name(raw, sentence_start))
+        sentence_start = False
+        words.append(word)
+        if low not in _ARTICLES:  # "string to an integer" reads as "string to a integer"
+            sequence.append(word.stem)
+        if number is not None:
+            numbers.append(number)
+        elif low in NEGATIONS:
+            negations += 1
+        elif low not in STOPWORDS:
+            content.append(word)
+    return Analysis(
+        words=tuple(words),
+        content=tuple(content),
+        sequence=tuple(sequence),
+        numbers=tuple(sorted(numbers)),
+        negations=negations,
+        answer_kinds=frozenset(w.text for w in words if w.text in _ANSWER_KINDS),
+        stems=frozenset(w.stem for w in words),
+    )
+
+
+def _negated_form(a: str, b: str) -> bool:
+    """Whether one word is the other with a negating prefix ("unfold"/"fold")."""
+    short, long = (a, b) if len(a) < len(b) else (b, a)
+    if len(short) < _MIN_NEGATED_BASE:
+        return False
+    return any(long == prefix + short for prefix in _NEGATING_PREFIXES)
+
+
+def _opposite_swapped_in(a: Analysis, b: Analysis) -> bool:
+    """A word of one side is missing from the other, which has its opposite instead."""
+    only_a, only_b = a.stems - b.stems, b.stems - a.stems
+    if any(OPPOSITES.get(word, frozenset()) & only_b for word in only_a):
+        return True
+    # Negating prefixes are matched on whole words: stems would cut "folding" to "fold".
+    texts_a, texts_b = {w.text for w in a.words}, {w.text for w in b.words}
+    return any(
+        _negated_form(word, other) for word in texts_a - texts_b for other in texts_b - texts_a
+    )
+
+
+def _swapped_roles(a: Analysis, b: Analysis) -> bool:
+    """Some "X link Y" in a reads "Y link X" in b, with the same asymmetric link between them.
+
+    The link is one to three tokens ("to", "better than", "prefer hairless"); a link holding a
+    symmetric word ("and", "vs", "between", a comma) is skipped: "X and Y" asks what "Y and X" asks.
+    """
+    seq_a, seq_b = a.sequence, b.sequence
+    positions_b: dict[str, list[int]] = {}
+    for index, token in enumerate(seq_b):
+        positions_b.setdefault(token, []).append(index)
+    # Terms that occur once on each side: a repeated word has no single role to swap.
+    counts_a, counts_b = Counter(seq_a), Counter(seq_b)
+    terms = {
+        term
+        for term in {w.stem for w in a.content} | set(a.numbers)
+        if counts_a[term] == 1 and counts_b[term] == 1
+    }
+    for i, x in enumerate(seq_a):
+        if x not in terms or x not in positions_b:
+            continue
+        for gap in range(1, _MAX_LINK_WORDS + 1):
+            j = i + gap + 1
+            if j >= len(seq_a):
+                break
+            y = seq_a[j]
+            link = seq_a[i + 1 : j]
+            if y == x or y not in terms or y not in positions_b:
+                continue
+            if any(token in _SYMMETRIC_LINKS for token in link):
+                continue
+            if not any(token[0].isalnum() for token in link):
+                continue  # quotes or brackets around a term relate nothing
+            for start in positions_b[y]:
+                end = start + gap + 1
+                if seq_b[start + 1 : end] == link and _leads_to(seq_b, end, x):
+                    return True
+    return False
+
+
+def _leads_to(sequence: tuple[str, ...], start: int, term: str) -> bool:
+    """term opens the words at start, or ends a short phrase there ("to ethanoic acid")."""
+    for index in range(start, min(start + _MAX_PHRASE_WORDS, len(sequence))):
+        if sequence[index] == term:
+            return True
+        if not sequence[index][0].isalnum() or sequence[index] in _SYMMETRIC_LINKS:
+            return False
+    return False
+
+
+def _mentions(name: str, stems: frozenset[str]) -> bool:
+    """Whether a name occurs among stems, also as the start of a longer form ("India"/"Indian")."""
+    if name in stems:
+        return True
+    return len(name) >= _MIN_NAME_PREFIX and any(
+        other.startswith(name) or (len(other) >= _MIN_NAME_PREFIX and name.startswith(other))
+        for other in stems
+    )
+
+
+def _unmentioned_names(a: Analysis, b: Analysis) -> set[str]:
+    return {w.stem for w in a.content if w.entity and not _mentions(w.stem, b.stems)}
+
+
+def mismatches(a: Analysis, b: Analysis) -> tuple[Mismatch, ...]:
+    """Every hard reason to believe a and b ask different things (empty: none found)."""
+    found: list[Mismatch] = []
+    if a.numbers and b.numbers and Counter(a.numbers) != Counter(b.numbers):
+        found.append(Mismatch.NUMBER)
+    if bool(a.negations) != bool(b.negations):
+        found.append(Mismatch.NEGATION)
+    if _opposite_swapped_in(a, b):
+        found.append(Mismatch.OPPOSITE)
+    if _swapped_roles(a, b) or _swapped_roles(b, a):
+        found.append(Mismatch.SWAPPED_ROLES)
+    if _unmentioned_names(a, b) and _unmentioned_names(b, a):
+        found.append(Mismatch.ENTITY)
+    return tuple(found)
+
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "cosine",
+    "unmatched_share",
+    "unmatched_max",
+    "unmatched_min",
+    "overlap",
+    "name_only_one_side",
+    "number_only_one_side",
+    "answer_kind_differs",
+    "length_ratio",
+    "order_inversions",
+)
+"""The graded signals a learned gray-zone model sees, in the order `features` returns them."""
+
+
+def _unmatched(words: tuple[Word, ...], other: frozenset[str]) -> int:
+    return sum(1 for w in words if w.stem not in other)
+
+
+def features(a: Analysis, b: Analysis, cosine: float) -> tuple[float, ...]:
+    """Graded evidence about a pair, in FEATURE_NAMES order.
+
+    Counts are squashed (log1p) or taken as shares so that long prompts, which differ in more
+    words while asking the same thing, are not judged by the yardstick of short questions.
+    """
+    content_a = {w.stem for w in a.content}
+    content_b = {w.stem for w in b.content}
+    missing_a = _unmatched(a.content, b.stems)
+    missing_b = _unmatched(b.content, a.stems)
+    total = max(1, len(a.content) + len(b.content))
+    union = content_a | content_b
+    overlap = len(content_a & content_b) / len(union) if union else 1.0
+    shorter, longer = sorted((len(a.words), len(b.words)))
+    return (
+        cosine,
+        (missing_a + missing_b) / total,
+        math.log1p(max(missing_a, missing_b)),
+        math.log1p(min(missing_a, missing_b)),
+        overlap,
+        float(bool(_unmentioned_names(a, b)) != bool(_unmentioned_names(b, a))),
+        float(bool(a.numbers) != bool(b.numbers)),
+        float(a.answer_kinds != b.answer_kinds),
+        shorter / max(1, longer),
+        math.log1p(_order_inversions(a, b)),
+    )
+
+
+def _order_inversions(a: Analysis, b: Analysis) -> int:
+    """Pairs of shared content words that appear in the opposite order on the other side."""
+    first_b: dict[str, int] = {}
+    for index, w in enumerate(b.content):
+        first_b.setdefault(w.stem, index)
+    order = [first_b[w.stem] for w in a.content if w.stem in first_b]
+    return sum(1 for i, x in enumerate(order) for y in order[i + 1 :] if x > y)
