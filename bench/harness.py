@@ -23,6 +23,40 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.redis_process import RedisProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+# Subjects for the prompts the benchmarks generate.
+TOPICS = [
+    "photosynthesis",
+    "binary search",
+    "the French revolution",
+    "TCP congestion control",
+    "compound interest",
+    "black holes",
+    "the immune system",
+    "garbage collection",
+    "inflation",
+    "plate tectonics",
+    "public key cryptography",
+    "the water cycle",
+    "neural networks",
+    "supply and demand",
+    "the Roman empire",
+    "quantum entanglement",
+    "DNA replication",
+    "hash tables",
+    "climate change",
+    "the stock market",
+    "vaccines",
+    "relational databases",
+    "the printing press",
+    "volcanoes",
+    "recursion",
+    "jet engines",
+    "the electoral college",
+    "antibiotics",
+    "continental drift",
+    "Bayes' theorem",
+]
+
 SEMCACHE = shutil.which("semcache") or str(Path(sys.executable).parent / "semcache")
 
 

@@ -22,41 +22,16 @@ from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_client import build_request
 
-from bench.harness import fake_ollama, format_percentiles, percentiles, rss_mb, semcache_server
+from bench.harness import (
+    TOPICS,
+    fake_ollama,
+    format_percentiles,
+    percentiles,
+    rss_mb,
+    semcache_server,
+)
 
 MODEL = "llama3.2"
-TOPICS = [
-    "photosynthesis",
-    "binary search",
-    "the French revolution",
-    "TCP congestion control",
-    "compound interest",
-    "black holes",
-    "the immune system",
-    "garbage collection",
-    "inflation",
-    "plate tectonics",
-    "public key cryptography",
-    "the water cycle",
-    "neural networks",
-    "supply and demand",
-    "the Roman empire",
-    "quantum entanglement",
-    "DNA replication",
-    "hash tables",
-    "climate change",
-    "the stock market",
-    "vaccines",
-    "relational databases",
-    "the printing press",
-    "volcanoes",
-    "recursion",
-    "jet engines",
-    "the electoral college",
-    "antibiotics",
-    "continental drift",
-    "Bayes' theorem",
-]
 TEMPLATES = [
     ("Explain {topic} briefly for a {level}.", "Briefly explain {topic} for a {level}."),
     (
@@ -175,7 +150,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
             misses = [
                 build_request(
                     pb.AskRequest,
-                    f"Tell me fact number {i} about {TOPICS[i % 30]}.",
+                    f"Tell me fact number {i} about {TOPICS[i % len(TOPICS)]}.",
                     model=MODEL,
                     skip_store=True,
                 )
