@@ -120,3 +120,20 @@ def test_ask_reports_a_status_a_person_can_act_on(served: ServeProcess) -> None:
     result, stderr = ask(served.target, "   ")
     assert result == {}
     assert "INVALID_ARGUMENT: prompt: must not be empty or blank" in stderr
+
+
+def test_every_setting_has_a_flag_and_an_environment_variable_listed_in_the_readme() -> None:
+    import dataclasses
+
+    import click
+    from semcache_server.cli import serve
+    from semcache_server.settings import Settings
+
+    options = {param.name: param for param in serve.params if isinstance(param, click.Option)}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+    for setting in dataclasses.fields(Settings):
+        option = options.get(setting.name)
+        assert option is not None, f"no flag for {setting.name}"
+        assert option.envvar, f"no environment variable for {option.opts[0]}"
+        assert f"`{option.opts[0]}`" in readme and f"`{option.envvar}`" in readme, setting.name

@@ -124,6 +124,33 @@ def main() -> None:
     help="Characters a message when a hit is streamed. [env SEMCACHE_REPLAY_CHUNK_CHARS]",
 )
 @click.option(
+    "--redis-timeout",
+    envvar="SEMCACHE_REDIS_TIMEOUT",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Seconds a Redis call may take before the cache layers count it as a miss. "
+    "[env SEMCACHE_REDIS_TIMEOUT]",
+)
+@click.option(
+    "--ollama-connect-timeout",
+    envvar="SEMCACHE_OLLAMA_CONNECT_TIMEOUT",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Seconds to connect to Ollama before a miss is UNAVAILABLE. "
+    "[env SEMCACHE_OLLAMA_CONNECT_TIMEOUT]",
+)
+@click.option(
+    "--grace",
+    "grace_seconds",
+    envvar="SEMCACHE_GRACE_SECONDS",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds in-flight calls get to finish on SIGTERM. [env SEMCACHE_GRACE_SECONDS]",
+)
+@click.option(
     "--log-level",
     envvar="SEMCACHE_LOG_LEVEL",
     default="INFO",
