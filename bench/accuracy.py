@@ -42,11 +42,9 @@ from semcache_server.calibration import (
     LabelledPair,
     Progress,
     Score,
-    distinct_cached,
-    embed_texts,
     open_embedder,
+    prepare_file,
     read_pairs,
-    select,
 )
 from semcache_server.chain import CacheChain, ChainSettings
 from semcache_server.domain import (
@@ -325,21 +323,16 @@ async def run(
             stack.callback(redis.stop)
             redis_url = redis.url
         for path in data:
-            pairs = read_pairs(path, limit)
-            cached = distinct_cached(pairs)
-            asked = select(pairs, split)
-            embedded = await embed_texts(
-                embedder,
-                [*cached, *(pair.query for pair in pairs)],
-                cache_dir=cache_dir,
-                label=f"embedding {path.name}",
+            prepared = await prepare_file(
+                path, embedder, split=split, limit=limit, cache_dir=cache_dir
             )
-            bench = Bench(redis_url, PrecomputedEmbedder(embedder.model_id, embedded))
+            bench = Bench(redis_url, PrecomputedEmbedder(embedder.model_id, prepared.embedded))
             try:
+                cached = prepared.cached
                 await bench.load(cached, f"loading {len(cached)} entries")
                 result = FileResult(embedder.model_id, path.name, split, len(cached))
                 for name, policy in policies_for(embedder.model_id, thresholds, guarded, extra):
-                    result.results.append(await bench.score(name, policy, asked))
+                    result.results.append(await bench.score(name, policy, prepared.asked))
             finally:
                 await bench.aclose()
             results.append(result)

@@ -429,6 +429,31 @@ def choose_policy(
     return policy, score
 
 
+@dataclass(frozen=True)
+class PreparedFile:
+    """A data file read for scoring: the prompts to cache, the queries to ask, all embedded."""
+
+    cached: list[str]
+    asked: list[LabelledPair]
+    embedded: Embedded
+
+
+async def prepare_file(
+    path: Path, embedder: Embedder, *, split: str, limit: int | None, cache_dir: Path | None
+) -> PreparedFile:
+    """Every query is embedded, not only the asked ones, so that the embedding cache file is the
+    same for any split (calibration and the accuracy bench share it)."""
+    pairs = read_pairs(path, limit)
+    cached = distinct_cached(pairs)
+    embedded = await embed_texts(
+        embedder,
+        [*cached, *(pair.query for pair in pairs)],
+        cache_dir=cache_dir,
+        label=f"embedding {path.name}",
+    )
+    return PreparedFile(cached, select(pairs, split), embedded)
+
+
 async def calibrate_async(
     data: Sequence[Path],
     embedder: str | Embedder = "local",
@@ -442,7 +467,11 @@ async def calibrate_async(
     ollama_embed_model: str = DEFAULT_OLLAMA_EMBED_MODEL,
     cache_dir: Path | None = None,
 ) -> CalibratedPolicy:
-    """Calibrate a policy for an embedder (a name as on the command line, or an Embedder)."""
+    """Calibrate a policy for an embedder (a name as on the command line, or an Embedder).
+
+    Save the result with ``policy.save(path)``; a server finds it when the file is
+    ``semcache_server/policies/`` + `policy_file_name` (embedder model id).
+    """
     owned = None
     if isinstance(embedder, str):
         owned = embedder = open_embedder(
@@ -451,18 +480,10 @@ async def calibrate_async(
     try:
         lookups: list[Lookup] = []
         for path in data:
-            pairs = read_pairs(path, limit)
-            cached = distinct_cached(pairs)
-            asked = select(pairs, split)
-            # Every query is embedded, not only the asked ones, so that the embedding cache file
-            # is the one the accuracy bench uses for any split.
-            embedded = await embed_texts(
-                embedder,
-                [*cached, *(pair.query for pair in pairs)],
-                cache_dir=cache_dir,
-                label=f"embedding {path.name}",
+            prepared = await prepare_file(
+                path, embedder, split=split, limit=limit, cache_dir=cache_dir
             )
-            lookups += nearest_lookups(asked, cached, embedded)
+            lookups += nearest_lookups(prepared.asked, prepared.cached, prepared.embedded)
     finally:
         if owned is not None:
             await owned.aclose()
@@ -489,40 +510,6 @@ async def calibrate_async(
     )
 
 
-def calibrate(
-    data: Sequence[Path],
-    embedder: str | Embedder = "local",
-    *,
-    target_precision: float = DEFAULT_TARGET_PRECISION,
-    gray_floor: float = DEFAULT_GRAY_FLOOR,
-    l2: float = DEFAULT_L2,
-    split: str = "calibration",
-    limit: int | None = None,
-    ollama_host: str | None = None,
-    ollama_embed_model: str = DEFAULT_OLLAMA_EMBED_MODEL,
-    cache_dir: Path | None = None,
-) -> CalibratedPolicy:
-    """`calibrate_async` for command lines (it runs its own event loop).
-
-    Save the result with ``policy.save(path)``; a server finds it when the file is
-    ``semcache_server/policies/`` + `policy_file_name` (embedder model id).
-    """
-    return asyncio.run(
-        calibrate_async(
-            data,
-            embedder,
-            target_precision=target_precision,
-            gray_floor=gray_floor,
-            l2=l2,
-            split=split,
-            limit=limit,
-            ollama_host=ollama_host,
-            ollama_embed_model=ollama_embed_model,
-            cache_dir=cache_dir,
-        )
-    )
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m semcache_server.calibration",
@@ -545,17 +532,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = _parser().parse_args(argv)
-    policy = calibrate(
-        args.data,
-        args.embedder,
-        target_precision=args.target_precision,
-        gray_floor=args.gray_floor,
-        l2=args.l2,
-        split=args.split,
-        limit=args.limit,
-        ollama_host=args.ollama_host,
-        ollama_embed_model=args.ollama_embed_model,
-        cache_dir=args.embedding_cache,
+    policy = asyncio.run(
+        calibrate_async(
+            args.data,
+            args.embedder,
+            target_precision=args.target_precision,
+            gray_floor=args.gray_floor,
+            l2=args.l2,
+            split=args.split,
+            limit=args.limit,
+            ollama_host=args.ollama_host,
+            ollama_embed_model=args.ollama_embed_model,
+            cache_dir=args.embedding_cache,
+        )
     )
     if args.out is not None:
         policy.save(args.out)
