@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import cast
 
@@ -11,6 +12,7 @@ import pytest
 import redis
 from semcache.v1 import semcache_pb2 as pb
 from semcache_client import build_request
+from semcache_server.embedders.local import LocalEmbedder
 
 from tests.conftest import Running, service_settings, start_service
 from tests.ollama_fake import Behaviour, FakeOllama, split_tokens
@@ -451,3 +453,27 @@ async def test_a_hot_temperature_skips_the_semantic_layer_but_not_the_exact_one(
 async def test_history_without_opt_in_reports_the_skip(semcache: Running) -> None:
     response = await semcache.stub.Ask(ask(history=[("user", "hi")]), timeout=10)
     assert response.semantic_status == pb.SEMANTIC_STATUS_SKIPPED_HISTORY
+
+
+@pytest.mark.asyncio
+async def test_entries_expire_after_the_ttl_from_both_layers(
+    redis_process: RedisProcess, ollama: FakeOllama, embedder: LocalEmbedder
+) -> None:
+    running = await start_service(
+        service_settings(redis_process, ollama, ttl_seconds=1.0), embedder
+    )
+    try:
+        first = await running.stub.Ask(ask(), timeout=10)
+        with redis.Redis.from_url(redis_process.url) as client:
+            ttl_ms = client.pttl(f"semcache:v1:entry:{first.entry_id}")
+        fresh = await running.stub.Ask(ask(PARAPHRASE, skip_store=True), timeout=10)
+        await asyncio.sleep(1.2)
+        semantic_after = await running.stub.Ask(ask(PARAPHRASE, skip_store=True), timeout=10)
+        exact_after = await running.stub.Ask(ask(), timeout=10)
+    finally:
+        await running.stop()
+
+    assert 0 < ttl_ms <= 1000
+    assert fresh.source == pb.SOURCE_SEMANTIC
+    assert semantic_after.source == pb.SOURCE_LLM
+    assert exact_after.source == pb.SOURCE_LLM
