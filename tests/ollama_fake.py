@@ -480,8 +480,10 @@ class FakeOllama:
             return _error(400, "request body must be a JSON object")
         return body
 
-    async def _handle_generation(self, request: web.Request, path: str) -> web.StreamResponse:
-        """Chat and generate share everything but the prompt's location and the chunk's shape."""
+    async def _accept(
+        self, request: web.Request, path: str
+    ) -> tuple[dict[str, Any], str] | web.Response:
+        """Parse, record and check a request for a model; or the error Ollama would answer."""
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
@@ -491,6 +493,14 @@ class FakeOllama:
             return _error(400, "model is required")
         if not self._is_known(model):
             return _error(404, f'model "{model}" not found, try pulling it first')
+        return body, model
+
+    async def _handle_generation(self, request: web.Request, path: str) -> web.StreamResponse:
+        """Chat and generate share everything but the prompt's location and the chunk's shape."""
+        accepted = await self._accept(request, path)
+        if isinstance(accepted, web.Response):
+            return accepted
+        body, model = accepted
         behaviour = self._generation_behaviour(model)
         if behaviour.error_status is not None:
             return _error(behaviour.error_status, behaviour.error_message)
@@ -584,15 +594,10 @@ class FakeOllama:
     async def _handle_embedding(self, request: web.Request, path: str) -> web.StreamResponse:
         """Hash-derived unit vectors: deterministic, cheap, and unrelated to meaning."""
         started_ns = time.perf_counter_ns()
-        body = await self._read_body(request)
-        if isinstance(body, web.Response):
-            return body
-        self._record(path, body)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return _error(400, "model is required")
-        if not self._is_known(model):
-            return _error(404, f'model "{model}" not found, try pulling it first')
+        accepted = await self._accept(request, path)
+        if isinstance(accepted, web.Response):
+            return accepted
+        body, model = accepted
         found = self.model_behaviours.get(model)
         behaviour = found if found is not None else Behaviour()
         if behaviour.error_status is not None:

@@ -14,6 +14,15 @@ import grpc
 
 from semcache_server.settings import Settings, default_state_dir
 
+target_option = click.option(
+    "--target",
+    envvar="SEMCACHE_TARGET",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="The server's address. [env SEMCACHE_TARGET]",
+)
+"""The address of a running server, for the commands that call one."""
+
 
 @click.group()
 def main() -> None:
@@ -190,13 +199,7 @@ async def _serve(settings: Settings) -> None:
 @click.argument("prompt")
 @click.option("--model", "-m", envvar="SEMCACHE_MODEL", default="llama3.2", show_default=True)
 @click.option("--system", "-s", default="", help="A system prompt.")
-@click.option(
-    "--target",
-    envvar="SEMCACHE_TARGET",
-    default="127.0.0.1:50051",
-    show_default=True,
-    help="The server's address. [env SEMCACHE_TARGET]",
-)
+@target_option
 @click.option("--temperature", type=float, default=None)
 @click.option("--max-tokens", type=int, default=None)
 @click.option(
@@ -287,13 +290,7 @@ def calibrate(context: click.Context) -> None:
 
 
 @main.command()
-@click.option(
-    "--target",
-    envvar="SEMCACHE_TARGET",
-    default="127.0.0.1:50051",
-    show_default=True,
-    help="The server's address. [env SEMCACHE_TARGET]",
-)
+@target_option
 @click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds.")
 def health(target: str, timeout: float) -> None:
     """Exit 0 when the server reports SERVING (for container and orchestrator probes)."""
