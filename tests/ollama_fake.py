@@ -327,7 +327,8 @@ class FakeOllama:
 
     @property
     def calls(self) -> list[dict[str, Any]]:
-        """A snapshot of recorded chat, generate and embed request bodies, each with its ``path``.
+        """A snapshot of recorded chat, generate and embed request bodies, each with its ``path``
+        and its ``client`` (the address of the connection it came on: a reused connection keeps it).
 
         Every request is recorded when it arrives, including those then refused (unknown model,
         scripted error), so a test can count how often the LLM was really asked.
@@ -391,9 +392,9 @@ class FakeOllama:
             vector = _normalise(vector[:dimensions])
         return vector
 
-    def _record(self, path: str, body: dict[str, Any]) -> None:
+    def _record(self, path: str, body: dict[str, Any], client: str) -> None:
         with self._cond:
-            self._calls.append({**body, "path": path})
+            self._calls.append({**body, "path": path, "client": client})
 
     def _note_disconnect(self) -> None:
         with self._cond:
@@ -487,7 +488,11 @@ class FakeOllama:
         body = await self._read_body(request)
         if isinstance(body, web.Response):
             return body
-        self._record(path, body)
+        self._record(
+            path,
+            body,
+            str(request.transport.get_extra_info("peername") if request.transport else None),
+        )
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _error(400, "model is required")
