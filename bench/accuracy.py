@@ -59,7 +59,7 @@ from semcache_server.domain import (
 from semcache_server.embedders import Embedder, Vectors
 from semcache_server.index import ExactIndex
 from semcache_server.layers import ExactLayer, OutageLog, SemanticLayer
-from semcache_server.llm import LLMEvent, LLMFinish
+from semcache_server.llm import LLMEvent, LLMFinish, RequestSent
 from semcache_server.policy import (
     CalibratedPolicy,
     GuardedThresholdPolicy,
@@ -102,7 +102,9 @@ class PrecomputedEmbedder:
 class AnsweringLLM:
     """Answers every prompt at once; the answer names the prompt, like a real one would."""
 
-    async def stream(self, query: Query) -> AsyncGenerator[LLMEvent, None]:
+    async def stream(
+        self, query: Query, on_sent: RequestSent | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
         yield TextDelta(f"the answer to: {query.prompt}")
         yield LLMFinish(FinishReason.STOP, prompt_tokens=1, completion_tokens=1)
 

@@ -2,7 +2,8 @@
 happens to the Ollama stream when the caller, the deadline or Ollama itself ends the answer early.
 
 Every test that uses the `semcache` fixture runs twice: with the LLM called after the semantic
-lookup, and with --speculative-llm, where it starts alongside the lookup and is read from a buffer.
+lookup (--speculative-llm off), and with the default, where a stream's LLM call starts alongside
+the lookup and its first event is read ahead.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import redis
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_client import build_request
+from semcache_server.domain import Speculation
 from semcache_server.embedders.local import LocalEmbedder
 
 from tests.conftest import Running, service_settings, start_service
@@ -40,7 +42,9 @@ DEFAULT_CHUNK_CHARS = 64
 DEADLINE = 10.0
 
 
-@pytest_asyncio.fixture(params=[False, True], ids=["after-lookup", "speculative"])
+@pytest_asyncio.fixture(
+    params=[Speculation.OFF, Speculation.STREAMS], ids=["after-lookup", "speculative"]
+)
 async def semcache(
     request: pytest.FixtureRequest,
     redis_process: RedisProcess,
@@ -223,6 +227,19 @@ async def test_tokens_reach_the_caller_while_ollama_is_still_generating(
 
 
 @pytest.mark.asyncio
+async def test_misses_one_after_another_reuse_one_connection_to_ollama(
+    semcache: Running, ollama: FakeOllama
+) -> None:
+    prompts = ["What is a monad?", "How do tides work?", "Why is the sky blue?"]
+    for prompt in prompts:
+        (await receive(semcache, stream_request(prompt))).assert_well_formed()
+
+    # A new connection per answer would cost every miss a TCP handshake before its request.
+    assert [call["messages"][-1]["content"] for call in ollama.calls] == prompts
+    assert len({call["client"] for call in ollama.calls}) == 1
+
+
+@pytest.mark.asyncio
 async def test_an_empty_answer_ends_the_stream_without_storing(
     semcache: Running, ollama: FakeOllama, redis_process: RedisProcess
 ) -> None:
@@ -304,8 +321,9 @@ async def test_a_semantic_hit_is_replayed_in_chunks_with_its_similarity_and_matc
     assert_replayed_in_chunks(received, LONG_REPLY, DEFAULT_CHUNK_CHARS)
     assert not end.stored and end.entry_id == stored.end.entry_id
     assert end.finish_reason == pb.FINISH_REASON_UNSPECIFIED
-    # With --speculative-llm the LLM was asked while the lookup ran, and the hit cancelled it.
-    assert ollama.call_count() == (2 if semcache.settings.speculative_llm else 1)
+    # Speculating, the LLM was asked while the lookup ran, and the hit cancelled it.
+    speculated = semcache.settings.speculative_llm is not Speculation.OFF
+    assert ollama.call_count() == (2 if speculated else 1)
 
 
 @pytest.mark.asyncio

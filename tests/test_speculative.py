@@ -1,4 +1,8 @@
-"""--speculative-llm: the LLM starts while the semantic layer decides, and a hit cancels it."""
+"""--speculative-llm: the LLM starts while the semantic layer decides, and a hit cancels it.
+
+By default only streams speculate (their reader sees the first token sooner); `all` speculates for
+unary calls too, and `off` never does.
+"""
 
 from __future__ import annotations
 
@@ -7,22 +11,32 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from semcache.v1 import semcache_pb2 as pb
+from semcache_client import build_request
+from semcache_server.domain import Speculation
 from semcache_server.embedders.local import LocalEmbedder
 
 from tests.conftest import Running, service_settings, start_service
 from tests.ollama_fake import Behaviour, FakeOllama
 from tests.redis_process import RedisProcess, free_port
-from tests.test_ask import PARAPHRASE, QUESTION, ask
+from tests.test_ask import MODEL, PARAPHRASE, QUESTION, ask
 
 
 @pytest_asyncio.fixture
 async def speculative(
     redis_process: RedisProcess, ollama: FakeOllama, embedder: LocalEmbedder
 ) -> AsyncIterator[Running]:
-    settings = service_settings(redis_process, ollama, speculative_llm=True)
+    settings = service_settings(redis_process, ollama, speculative_llm=Speculation.ALL)
     running = await start_service(settings, embedder)
     yield running
     await running.stop()
+
+
+async def stream_source(running: Running, prompt: str) -> int:
+    request = build_request(pb.AskStreamRequest, prompt, model=MODEL)
+    messages: list[pb.AskStreamResponse] = [
+        message async for message in running.stub.AskStream(request, timeout=10)
+    ]
+    return int(messages[0].start.source)
 
 
 @pytest.mark.asyncio
@@ -52,6 +66,45 @@ async def test_a_semantic_hit_cancels_the_speculative_llm_call(
 
 
 @pytest.mark.asyncio
+async def test_by_default_streams_speculate_and_unary_calls_do_not(
+    semcache: Running, ollama: FakeOllama
+) -> None:
+    await semcache.stub.Ask(ask(), timeout=10)
+
+    unary = await semcache.stub.Ask(ask(PARAPHRASE), timeout=10)
+    assert unary.source == pb.SOURCE_SEMANTIC
+    assert ollama.call_count() == 1  # the unary hit never reached Ollama
+
+    assert await stream_source(semcache, PARAPHRASE) == pb.SOURCE_SEMANTIC
+    assert ollama.call_count() == 2  # the streamed hit had started a call, then cancelled it
+
+
+@pytest.mark.asyncio
+async def test_off_never_calls_the_llm_for_a_hit(
+    redis_process: RedisProcess, ollama: FakeOllama, embedder: LocalEmbedder
+) -> None:
+    settings = service_settings(redis_process, ollama, speculative_llm=Speculation.OFF)
+    running = await start_service(settings, embedder)
+    try:
+        await running.stub.Ask(ask(), timeout=10)
+        assert await stream_source(running, PARAPHRASE) == pb.SOURCE_SEMANTIC
+        assert (await running.stub.Ask(ask(PARAPHRASE), timeout=10)).source == pb.SOURCE_SEMANTIC
+    finally:
+        await running.stop()
+
+    assert ollama.call_count() == 1
+
+
+@pytest.mark.asyncio
+async def test_an_exact_hit_never_reaches_the_llm(speculative: Running, ollama: FakeOllama) -> None:
+    await speculative.stub.Ask(ask(), timeout=10)
+
+    assert await stream_source(speculative, QUESTION) == pb.SOURCE_EXACT
+    assert (await speculative.stub.Ask(ask(), timeout=10)).source == pb.SOURCE_EXACT
+    assert ollama.call_count() == 1
+
+
+@pytest.mark.asyncio
 async def test_a_semantic_hit_is_served_when_the_speculative_call_fails(
     redis_process: RedisProcess, ollama: FakeOllama, embedder: LocalEmbedder
 ) -> None:
@@ -59,7 +112,10 @@ async def test_a_semantic_hit_is_served_when_the_speculative_call_fails(
     await warm.stub.Ask(ask(), timeout=10)
     await warm.stop()
     offline = service_settings(
-        redis_process, ollama, speculative_llm=True, ollama_host=f"127.0.0.1:{free_port()}"
+        redis_process,
+        ollama,
+        speculative_llm=Speculation.ALL,
+        ollama_host=f"127.0.0.1:{free_port()}",
     )
     running = await start_service(offline, embedder)
     try:

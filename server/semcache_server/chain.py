@@ -26,6 +26,7 @@ from semcache_server.domain import (
     Query,
     SemanticStatus,
     Source,
+    Speculation,
     StoreUnavailable,
     TextDelta,
 )
@@ -44,46 +45,54 @@ class ChainSettings:
     replay_chunk_chars: int = 64
     max_semantic_temperature: float = 1.0
     """Above it the semantic layer is skipped: sampling asks for variety."""
-    speculative_llm: bool = False
-    """Start the LLM alongside the semantic lookup; a hit cancels it (see PrefetchedStream)."""
+    speculative_llm: Speculation = Speculation.STREAMS
+    """When the LLM starts alongside the semantic lookup; a hit cancels it."""
     limits: Limits = field(default_factory=Limits)
+    llm_send_patience: float = 0.005
+    """How long other work waits for the LLM request to leave (a new connection takes longest)."""
 
 
 class PrefetchedStream:
-    """Runs an LLM stream ahead of its reader, buffering its events.
+    """An LLM stream started at once, in its own task, up to its first event.
 
-    The LLM starts while the semantic layer is still deciding; cancel() closes the HTTP stream
-    when a hit makes the answer unnecessary, so Ollama stops generating for nobody.
+    Starting early hides work behind the LLM's own time to first token: the semantic lookup
+    when speculating, and the Origin message on a plain miss. Only the first event is read
+    ahead; the reader takes the rest straight from the stream. aclose() closes the HTTP
+    stream, so Ollama stops generating for nobody when a hit makes the answer unnecessary.
     """
 
-    _END = object()
+    def __init__(self, llm: LLMBackend, query: Query) -> None:
+        self._sent = asyncio.Event()
+        self._stream = llm.stream(query, on_sent=self._sent.set)
+        self._first = asyncio.ensure_future(anext(self._stream))
 
-    def __init__(self, stream: AsyncGenerator[LLMEvent, None]) -> None:
-        self._buffer: asyncio.Queue[object] = asyncio.Queue()
-        self._pump_task = asyncio.create_task(self._pump(stream))
+    async def request_sent(self, patience: float) -> None:
+        """Returns once the request has left, the call has failed, or patience has run out.
 
-    async def _pump(self, stream: AsyncGenerator[LLMEvent, None]) -> None:
-        try:
-            async with contextlib.aclosing(stream):
-                async for event in stream:
-                    self._buffer.put_nowait(event)
-        except Exception as error:  # handed to the reader, raised there
-            self._buffer.put_nowait(error)
-        finally:
-            self._buffer.put_nowait(self._END)
+        Work started before then (an embedding, a gRPC write) would delay the request itself.
+        """
+        sent = asyncio.ensure_future(self._sent.wait())
+        await asyncio.wait({sent, self._first}, timeout=patience, return_when="FIRST_COMPLETED")
+        sent.cancel()
 
     async def events(self) -> AsyncGenerator[LLMEvent, None]:
-        while (item := await self._buffer.get()) is not self._END:
-            if isinstance(item, Exception):
-                raise item
-            yield item  # type: ignore[misc]
+        try:
+            first = await self._first
+        except StopAsyncIteration:
+            return
+        yield first
+        async for event in self._stream:
+            yield event
 
-    async def cancel(self) -> None:
+    async def aclose(self) -> None:
         """Idempotent: the owner calls it whatever happened to the reader."""
-        if not self._pump_task.done():
-            self._pump_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump_task
+        if not self._first.done():
+            self._first.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._first
+        elif not self._first.cancelled():
+            self._first.exception()  # retrieved: a failure nobody read is not worth a warning
+        await self._stream.aclose()
 
 
 class CacheChain:
@@ -106,7 +115,7 @@ class CacheChain:
     async def ask(self, query: Query, control: CacheControl) -> Answer:
         origin: Origin | None = None
         parts: list[str] = []
-        async with contextlib.aclosing(self.ask_stream(query, control)) as events:
+        async with contextlib.aclosing(self.ask_stream(query, control, streaming=False)) as events:
             async for event in events:
                 if isinstance(event, Origin):
                     origin = event
@@ -118,8 +127,9 @@ class CacheChain:
         raise AssertionError("an answer stream ended without a Completion")
 
     async def ask_stream(
-        self, query: Query, control: CacheControl
+        self, query: Query, control: CacheControl, *, streaming: bool = True
     ) -> AsyncGenerator[AnswerEvent, None]:
+        """The answer as events; `streaming` says whether the caller reads them as they come."""
         validate(query, control, self._settings.limits)
         started = time.monotonic()
         entry_id = keys.entry_id(query)
@@ -127,7 +137,7 @@ class CacheChain:
         vector: Vector | None = None
 
         status = self._semantic_skip(query, control)
-        speculative: PrefetchedStream | None = None
+        llm: PrefetchedStream | None = None
         try:
             if not control.skip_lookup:
                 entry = await self._exact.lookup(entry_id)
@@ -136,10 +146,10 @@ class CacheChain:
                         yield event
                     return
                 if status is None:
-                    if self._settings.speculative_llm:
+                    if self._speculates(streaming):
                         # Hide the semantic lookup behind the LLM's own time to first token;
                         # a hit cancels the call before it has produced anything to waste.
-                        speculative = PrefetchedStream(self._llm.stream(query))
+                        llm = await self._start_llm(query)
                     vector = await self._semantic.embed(query.prompt)
                     status = SemanticStatus.UNAVAILABLE
                     if vector is not None:
@@ -148,8 +158,8 @@ class CacheChain:
                         )
                         status = outcome.status
                         if outcome.hit is not None:
-                            if speculative is not None:
-                                await speculative.cancel()
+                            if llm is not None:
+                                await llm.aclose()
                             async for event in self._replay(
                                 outcome.hit.entry,
                                 Source.SEMANTIC,
@@ -160,20 +170,31 @@ class CacheChain:
                                 yield event
                             return
 
+            if llm is None:
+                llm = await self._start_llm(query)
             yield Origin(
                 source=Source.LLM,
                 model=query.model,
                 lookup_seconds=time.monotonic() - started,
                 semantic_status=status,
             )
-            llm_events = speculative.events() if speculative else self._llm.stream(query)
             async for event in self._generate(
-                query, control, entry_id, partition, vector, started, llm_events
+                query, control, entry_id, partition, vector, started, llm.events()
             ):
                 yield event
         finally:
-            if speculative is not None:
-                await speculative.cancel()
+            if llm is not None:
+                await llm.aclose()
+
+    async def _start_llm(self, query: Query) -> PrefetchedStream:
+        """Starts the LLM call and lets it send its request before anything else runs."""
+        llm = PrefetchedStream(self._llm, query)
+        await llm.request_sent(self._settings.llm_send_patience)
+        return llm
+
+    def _speculates(self, streaming: bool) -> bool:
+        mode = self._settings.speculative_llm
+        return mode is Speculation.ALL or (mode is Speculation.STREAMS and streaming)
 
     def _semantic_skip(self, query: Query, control: CacheControl) -> SemanticStatus | None:
         """Why the semantic layer must not answer this request, or None when it may."""

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import grpc
 
+from semcache_server.domain import Speculation
 from semcache_server.settings import Settings, default_state_dir
 
 target_option = click.option(
@@ -100,12 +101,15 @@ def main() -> None:
     "[env SEMCACHE_MAX_SEMANTIC_TEMPERATURE]",
 )
 @click.option(
-    "--speculative-llm/--no-speculative-llm",
+    "--speculative-llm",
     envvar="SEMCACHE_SPECULATIVE_LLM",
-    default=False,
+    type=click.Choice([mode.value for mode in Speculation]),
+    callback=lambda _context, _param, value: Speculation(value),
+    default=Speculation.STREAMS.value,
     show_default=True,
-    help="Start the LLM call while the semantic layer decides: a miss's first token comes "
-    "sooner, and a semantic hit cancels an LLM call. [env SEMCACHE_SPECULATIVE_LLM]",
+    help="Start the LLM call while the semantic layer decides, for streams, for all calls or "
+    "off: a miss's first token comes sooner, and a semantic hit cancels an LLM call that has "
+    "barely started. [env SEMCACHE_SPECULATIVE_LLM]",
 )
 @click.option(
     "--ttl",

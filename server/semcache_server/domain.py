@@ -29,6 +29,18 @@ class SemanticStatus(enum.Enum):
     UNAVAILABLE = "unavailable"
 
 
+class Speculation(enum.Enum):
+    """When the LLM call starts before the semantic layer has decided (a hit cancels it).
+
+    Speculating hides the embedding behind the LLM's own time to first token, which only a
+    stream's reader sees; a unary caller waits for the whole answer anyway.
+    """
+
+    OFF = "off"
+    STREAMS = "streams"
+    ALL = "all"
+
+
 class Role(enum.Enum):
     USER = "user"
     ASSISTANT = "assistant"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
@@ -38,12 +39,19 @@ class LLMFinish:
 LLMEvent = TextDelta | LLMFinish
 
 
+RequestSent = Callable[[], None]
+"""Called once the request has left for the LLM: other work may start without delaying it."""
+
+
 class LLMBackend(Protocol):
-    def stream(self, query: Query) -> AsyncGenerator[LLMEvent, None]:
+    def stream(
+        self, query: Query, on_sent: RequestSent | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
         """Yield the answer's text as it is produced, then one LLMFinish.
 
         Closing the iterator early must stop the generation. Failures raise LLMUnavailable,
-        LLMStreamBroken, ModelNotFound or LLMRejected.
+        LLMStreamBroken, ModelNotFound or LLMRejected. A backend that cannot tell when its
+        request left may never call on_sent; callers bound their wait for it.
         """
         ...
 
@@ -82,6 +90,30 @@ def chat_messages(query: Query) -> list[dict[str, str]]:
     return messages
 
 
+_request_sent: contextvars.ContextVar[RequestSent | None] = contextvars.ContextVar(
+    "request_sent", default=None
+)
+"""The on_sent of the stream whose request the current task is sending."""
+
+
+async def _trace_request_sent(request: httpx.Request) -> None:
+    """httpx request hook: asks httpcore to report when this request's body has been written."""
+    on_sent = _request_sent.get()
+    if on_sent is None:
+        return
+    _request_sent.set(None)  # one request per stream: retries and later requests are not it
+
+    earlier = request.extensions.get("trace")
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if earlier is not None:
+            await earlier(event, info)
+        if event.endswith(".send_request_body.complete"):
+            on_sent()
+
+    request.extensions["trace"] = trace
+
+
 class OllamaBackend:
     """Chats with Ollama over HTTP, streaming; the one place that knows Ollama's errors."""
 
@@ -95,9 +127,15 @@ class OllamaBackend:
             host=self.address,
             timeout=httpx.Timeout(None, connect=connect_timeout),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=32),
+            event_hooks={"request": [_trace_request_sent]},
         )
 
-    async def stream(self, query: Query) -> AsyncGenerator[LLMEvent, None]:
+    async def stream(
+        self, query: Query, on_sent: RequestSent | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
+        finished = False
+        # Read by the request hook, which runs in the task that sends this request.
+        _request_sent.set(on_sent)
         try:
             chunks = await self._client.chat(
                 model=query.model,
@@ -109,16 +147,17 @@ class OllamaBackend:
             # aclosing: a cancelled caller closes the HTTP stream, and Ollama stops generating.
             async with contextlib.aclosing(chunks):
                 async for chunk in chunks:
+                    if finished:
+                        continue  # read the body to its end: only then is the connection reused
                     if chunk.message.content:
                         yield TextDelta(chunk.message.content)
                     if chunk.done:
+                        finished = True
                         yield LLMFinish(
                             finish_reason=_finish_reason(chunk.done_reason),
                             prompt_tokens=chunk.prompt_eval_count or 0,
                             completion_tokens=chunk.eval_count or 0,
                         )
-                        return
-            raise LLMStreamBroken(f"Ollama at {self.address} ended the answer without finishing it")
         except ollama.ResponseError as error:
             raise self._translate(query, error) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError) as error:
@@ -127,10 +166,14 @@ class OllamaBackend:
                 "is it running? Set --ollama-host / OLLAMA_HOST"
             ) from None
         except httpx.TransportError as error:
+            if finished:
+                return  # the answer was complete; only the end of the body was lost
             raise LLMStreamBroken(
                 f"the connection to Ollama at {self.address} broke mid-answer: "
                 f"{error or type(error).__name__}"
             ) from None
+        if not finished:
+            raise LLMStreamBroken(f"Ollama at {self.address} ended the answer without finishing it")
 
     def _translate(self, query: Query, error: ollama.ResponseError) -> Exception:
         message = error.error

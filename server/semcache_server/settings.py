@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from semcache_server.domain import Speculation
+
 
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
@@ -27,7 +29,7 @@ class Settings:
     """None: the embedder's default policy."""
     max_semantic_temperature: float = 1.0
     """Requests sampling hotter than this skip the semantic layer."""
-    speculative_llm: bool = False
+    speculative_llm: Speculation = Speculation.STREAMS
     """Start the LLM call alongside the semantic lookup: lower time to first token on a miss,
     at the price of a cancelled LLM call on every semantic hit."""
     ttl_seconds: float = 0.0
