@@ -4,8 +4,10 @@
 
 1. Time to first token on a miss, semcache vs the same Ollama-protocol server called directly
    with the real `ollama.AsyncClient`, calls interleaved in random order so drift on a noisy
-   machine hits every kind alike; with no first-token delay and with a realistic one, and with
-   `--speculative-llm` when `semcache serve --help` lists it.
+   machine hits every kind alike; with no first-token delay and with a realistic one. Kinds:
+   the default (streams speculate), `--speculative-llm off`, and a request for the exact layer
+   only (no embedding at all: the floor of the pass-through). Then the price of speculating:
+   the time to first token of streamed semantic hits, default against off.
 2. Streamed-hit throughput: cached ~2,000-character answers replayed to concurrent callers.
 3. Many open streams held by one server process: its resident memory per open stream.
 
@@ -17,13 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import itertools
 import json
 import os
 import random
 import statistics
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -36,7 +36,6 @@ from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_client import build_request
 
 from bench.harness import (
-    SEMCACHE,
     TOPICS,
     fake_ollama,
     format_percentiles,
@@ -46,7 +45,7 @@ from bench.harness import (
 )
 
 MODEL = "llama3.2"
-SPECULATIVE_FLAG = "--speculative-llm"
+SPECULATION_OFF = ("--speculative-llm", "off")
 LEVELS = ["child", "student", "beginner", "expert", "manager", "teacher", "nurse", "lawyer"]
 COLOURS = ["red", "amber", "green", "teal", "blue", "violet", "grey", "golden", "silver", "pink"]
 ANIMALS = ["fox", "heron", "otter", "badger", "lynx", "falcon", "newt", "walrus", "moth", "ibex"]
@@ -56,7 +55,8 @@ FILLER_TEXT = (
     "and counts the ripples that the wind draws on the water before the evening rain"
 )
 FILLER = FILLER_TEXT.split(" ")
-TTFT_KINDS = ("direct", "semcache", "semcache speculative")
+TTFT_KINDS = ("direct", "semcache", "semcache, speculation off", "semcache, exact layer only")
+SEMANTIC_KINDS = ("semantic hit", "semantic hit, speculation off")
 
 
 # --------------------------------------------------------------------------------------- prompts
@@ -95,13 +95,6 @@ def echo(prompt: str) -> str:
     return f"Echo: {prompt}"
 
 
-def speculative_available() -> bool:
-    help_text = subprocess.run(
-        [SEMCACHE, "serve", "--help"], capture_output=True, text=True, check=True
-    ).stdout
-    return SPECULATIVE_FLAG in help_text
-
-
 async def fill(stub: pb_grpc.SemcacheServiceStub, prompts: list[str], concurrency: int = 8) -> None:
     queue = list(prompts)
 
@@ -120,9 +113,22 @@ async def fill(stub: pb_grpc.SemcacheServiceStub, prompts: list[str], concurrenc
 # ---------------------------------------------------------------------------------- first token
 
 
-async def semcache_first_token(stub: pb_grpc.SemcacheServiceStub, prompt: str) -> float:
+def paraphrase(prompt: str) -> str:
+    """A rewording of a fill prompt that the default policy takes as a semantic hit."""
+    return prompt.replace("Explain ", "Briefly explain ").replace(" briefly for ", " for ")
+
+
+async def semcache_first_token(
+    stub: pb_grpc.SemcacheServiceStub, prompt: str, exact_only: bool = False
+) -> float:
     """Seconds from the call to its first delta; the stream is read to its end and checked."""
-    request = build_request(pb.AskStreamRequest, prompt, model=MODEL, skip_store=True)
+    request = build_request(
+        pb.AskStreamRequest,
+        prompt,
+        model=MODEL,
+        skip_store=True,
+        similarity_threshold=0.0 if exact_only else None,
+    )
     started = time.perf_counter()
     call = stub.AskStream(request, timeout=30)
     first: float | None = None
@@ -162,57 +168,87 @@ async def direct_first_token(client: ollama.AsyncClient, prompt: str) -> float:
     return first
 
 
+async def semantic_first_token(stub: pb_grpc.SemcacheServiceStub, prompt: str) -> float:
+    """Seconds from the call to the first delta of a streamed semantic hit."""
+    request = build_request(pb.AskStreamRequest, prompt, model=MODEL)
+    started = time.perf_counter()
+    first: float | None = None
+    source = pb.SOURCE_UNSPECIFIED
+    async for message in stub.AskStream(request, timeout=30):
+        if message.HasField("start"):
+            source = message.start.source
+        elif message.HasField("delta") and first is None:
+            first = time.perf_counter() - started
+    if source != pb.SOURCE_SEMANTIC or first is None:
+        raise SystemExit(f"{prompt!r} was not streamed as a semantic hit")
+    return first
+
+
+async def interleaved(
+    calls: dict[str, Callable[[], Awaitable[float]]], samples: int, warmup: int
+) -> dict[str, list[float]]:
+    """Each kind once a round, in a new random order every round."""
+    order = list(calls)
+    shuffle = random.Random(7)
+    samples_of: dict[str, list[float]] = {name: [] for name in calls}
+    for round_index in range(warmup + samples):
+        shuffle.shuffle(order)
+        for name in order:
+            seconds = await calls[name]()
+            if round_index >= warmup:
+                samples_of[name].append(seconds)
+    return samples_of
+
+
+def versus(stats: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    return {
+        "ratio_p50": stats["p50_ms"] / base["p50_ms"],
+        "ratio_p99": stats["p99_ms"] / base["p99_ms"],
+        "added_p50_ms": stats["p50_ms"] - base["p50_ms"],
+        "added_p99_ms": stats["p99_ms"] - base["p99_ms"],
+    }
+
+
 async def first_token_run(
-    first_token_delay: float, samples: int, warmup: int, fill_count: int, speculative: bool
+    first_token_delay: float, samples: int, warmup: int, fill_count: int
 ) -> dict[str, Any]:
-    """One fake Ollama, semcache (and semcache --speculative-llm) in front of it, interleaved."""
+    """One fake Ollama; semcache by default and with speculation off in front of it."""
     with contextlib.ExitStack() as stack:
         fake = stack.enter_context(fake_ollama(first_token_delay=first_token_delay))
-        servers = {"semcache": stack.enter_context(semcache_server(fake.url))}
-        if speculative:
-            servers["semcache speculative"] = stack.enter_context(
-                semcache_server(fake.url, SPECULATIVE_FLAG)
-            )
-        channels = {name: grpc.aio.insecure_channel(s.target) for name, s in servers.items()}
+        default = stack.enter_context(semcache_server(fake.url))
+        off = stack.enter_context(semcache_server(fake.url, *SPECULATION_OFF))
+        channels = [grpc.aio.insecure_channel(server.target) for server in (default, off)]
         client = ollama.AsyncClient(host=fake.url)
         try:
-            stubs = {
-                name: pb_grpc.SemcacheServiceStub(channel)  # type: ignore[no-untyped-call]
-                for name, channel in channels.items()
+            stubs = [pb_grpc.SemcacheServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
+            filled = fill_prompts(fill_count)
+            for stub in stubs:
+                await fill(stub, filled)
+            misses = {name: miss_prompts(f"{name}-{first_token_delay}") for name in TTFT_KINDS}
+            hits = itertools.cycle(paraphrase(prompt) for prompt in filled)
+            calls: dict[str, Callable[[], Awaitable[float]]] = {
+                "direct": lambda: direct_first_token(client, next(misses["direct"])),
+                "semcache": lambda: semcache_first_token(stubs[0], next(misses["semcache"])),
+                "semcache, speculation off": lambda: semcache_first_token(
+                    stubs[1], next(misses["semcache, speculation off"])
+                ),
+                "semcache, exact layer only": lambda: semcache_first_token(
+                    stubs[0], next(misses["semcache, exact layer only"]), exact_only=True
+                ),
+                "semantic hit": lambda: semantic_first_token(stubs[0], next(hits)),
+                "semantic hit, speculation off": lambda: semantic_first_token(stubs[1], next(hits)),
             }
-            for stub in stubs.values():
-                await fill(stub, fill_prompts(fill_count))
-            calls: dict[str, Callable[[str], Awaitable[float]]] = {
-                "direct": functools.partial(direct_first_token, client)
-            }
-            for name, stub in stubs.items():
-                calls[name] = functools.partial(semcache_first_token, stub)
-            prompts = {name: miss_prompts(f"{name}-{first_token_delay}") for name in calls}
-            order = list(calls)
-            shuffle = random.Random(7)
-            samples_of: dict[str, list[float]] = {name: [] for name in calls}
-            for round_index in range(warmup + samples):
-                shuffle.shuffle(order)
-                for name in order:
-                    seconds = await calls[name](next(prompts[name]))
-                    if round_index >= warmup:
-                        samples_of[name].append(seconds)
+            samples_of = await interleaved(calls, samples, warmup)
         finally:
-            for channel in channels.values():
+            for channel in channels:
                 await channel.close()
             await client._client.aclose()
     result: dict[str, Any] = {"first_token_delay_s": first_token_delay}
-    direct = percentiles(samples_of["direct"])
-    result["direct"] = direct
-    for name in servers:
-        stats = percentiles(samples_of[name])
-        result[name] = stats
-        result[f"{name} vs direct"] = {
-            "ratio_p50": stats["p50_ms"] / direct["p50_ms"],
-            "ratio_p99": stats["p99_ms"] / direct["p99_ms"],
-            "added_p50_ms": stats["p50_ms"] - direct["p50_ms"],
-            "added_p99_ms": stats["p99_ms"] - direct["p99_ms"],
-        }
+    stats = {name: percentiles(values) for name, values in samples_of.items()}
+    result.update(stats)
+    for name in TTFT_KINDS[1:]:
+        result[f"{name} vs direct"] = versus(stats[name], stats["direct"])
+    result["semantic hit vs off"] = versus(stats["semantic hit"], stats[SEMANTIC_KINDS[1]])
     return result
 
 
@@ -422,6 +458,13 @@ async def open_streams(count: int, reply_words: int, token_delay: float) -> dict
 # -------------------------------------------------------------------------------------- printing
 
 
+def format_versus(name: str, versus: dict[str, float]) -> str:
+    return (
+        f"{name:<40} p50 {versus['ratio_p50']:.2f}x ({versus['added_p50_ms']:+.2f} ms)   "
+        f"p99 {versus['ratio_p99']:.2f}x ({versus['added_p99_ms']:+.2f} ms)"
+    )
+
+
 def print_report(results: dict[str, Any]) -> None:
     print("semcache streaming, through gRPC on loopback; one machine, one run")
     print()
@@ -433,18 +476,13 @@ def print_report(results: dict[str, Any]) -> None:
         delay_ms = run["first_token_delay_s"] * 1000
         print(f"   Ollama-protocol server's first-token delay {delay_ms:.0f} ms:")
         for kind in TTFT_KINDS:
-            if kind in run:
-                print("   " + format_percentiles(kind, run[kind]))
+            print("   " + format_percentiles(kind, run[kind]))
         for kind in TTFT_KINDS[1:]:
-            if kind in run:
-                versus = run[f"{kind} vs direct"]
-                print(
-                    f"   {kind + ' / direct':<34} p50 {versus['ratio_p50']:.2f}x "
-                    f"(+{versus['added_p50_ms']:.2f} ms)   "
-                    f"p99 {versus['ratio_p99']:.2f}x (+{versus['added_p99_ms']:.2f} ms)"
-                )
-    if not results["speculative_available"]:
-        print(f"   ({SPECULATIVE_FLAG} is not in `semcache serve --help`: not measured)")
+            print("   " + format_versus(f"{kind} / direct", run[f"{kind} vs direct"]))
+        print("   streamed semantic hits (what speculating costs them):")
+        for kind in SEMANTIC_KINDS:
+            print("   " + format_percentiles(kind, run[kind]))
+        print("   " + format_versus("default / off", run["semantic hit vs off"]))
     print()
     replay = results["replay"]
     print(
@@ -519,16 +557,14 @@ def main() -> None:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    speculative = speculative_available()
     results: dict[str, Any] = {
         "samples": args.samples,
         "fill": args.fill,
-        "speculative_available": speculative,
         "first_token": [],
     }
     for delay in (0.0, args.first_token_delay):
         results["first_token"].append(
-            await first_token_run(delay, args.samples, args.warmup, args.fill, speculative)
+            await first_token_run(delay, args.samples, args.warmup, args.fill)
         )
     results["replay"] = await replay_throughput(
         entries=64, reply_chars=args.reply_chars, concurrency=args.concurrency, seconds=args.seconds

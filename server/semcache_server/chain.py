@@ -72,7 +72,9 @@ class PrefetchedStream:
         Work started before then (an embedding, a gRPC write) would delay the request itself.
         """
         sent = asyncio.ensure_future(self._sent.wait())
-        await asyncio.wait({sent, self._first}, timeout=patience, return_when="FIRST_COMPLETED")
+        await asyncio.wait(
+            {sent, self._first}, timeout=patience, return_when=asyncio.FIRST_COMPLETED
+        )
         sent.cancel()
 
     async def events(self) -> AsyncGenerator[LLMEvent, None]:
