@@ -87,6 +87,27 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+@contextlib.contextmanager
+def bare_relay(ollama_url: str) -> Iterator[str]:
+    """bench.bare_relay in its own process; yields its gRPC target."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_relay", "--port", str(port), "--ollama", ollama_url],
+        cwd=ROOT,
+    )
+    target = f"127.0.0.1:{port}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        yield target
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
 @dataclass
 class FakeOllamaProcess:
     process: subprocess.Popen[bytes]

@@ -6,8 +6,9 @@
    with the real `ollama.AsyncClient`, calls interleaved in random order so drift on a noisy
    machine hits every kind alike; with no first-token delay and with a realistic one. Kinds:
    the default (streams speculate), `--speculative-llm off`, and a request for the exact layer
-   only (no embedding at all: the floor of the pass-through). Then the price of speculating:
-   the time to first token of streamed semantic hits, default against off.
+   only (no embedding at all), and bench.bare_relay: a grpc.aio handler that forwards Ollama's
+   tokens with no cache at all, the least any Python gRPC front adds on this machine. Then the
+   price of speculating: the time to first token of streamed semantic hits, default against off.
 2. Streamed-hit throughput: cached ~2,000-character answers replayed to concurrent callers.
 3. Many open streams held by one server process: its resident memory per open stream.
 
@@ -37,6 +38,7 @@ from semcache_client import build_request
 
 from bench.harness import (
     TOPICS,
+    bare_relay,
     fake_ollama,
     format_percentiles,
     percentiles,
@@ -55,7 +57,13 @@ FILLER_TEXT = (
     "and counts the ripples that the wind draws on the water before the evening rain"
 )
 FILLER = FILLER_TEXT.split(" ")
-TTFT_KINDS = ("direct", "semcache", "semcache, speculation off", "semcache, exact layer only")
+TTFT_KINDS = (
+    "direct",
+    "semcache",
+    "semcache, speculation off",
+    "semcache, exact layer only",
+    "bare Python gRPC relay",
+)
 SEMANTIC_KINDS = ("semantic hit", "semantic hit, speculation off")
 
 
@@ -217,12 +225,14 @@ async def first_token_run(
         fake = stack.enter_context(fake_ollama(first_token_delay=first_token_delay))
         default = stack.enter_context(semcache_server(fake.url))
         off = stack.enter_context(semcache_server(fake.url, *SPECULATION_OFF))
-        channels = [grpc.aio.insecure_channel(server.target) for server in (default, off)]
+        relay = stack.enter_context(bare_relay(fake.url))
+        targets = (default.target, off.target, relay)
+        channels = [grpc.aio.insecure_channel(target) for target in targets]
         client = ollama.AsyncClient(host=fake.url)
         try:
             stubs = [pb_grpc.SemcacheServiceStub(c) for c in channels]  # type: ignore[no-untyped-call]
             filled = fill_prompts(fill_count)
-            for stub in stubs:
+            for stub in stubs[:2]:
                 await fill(stub, filled)
             misses = {name: miss_prompts(f"{name}-{first_token_delay}") for name in TTFT_KINDS}
             hits = itertools.cycle(paraphrase(prompt) for prompt in filled)
@@ -234,6 +244,9 @@ async def first_token_run(
                 ),
                 "semcache, exact layer only": lambda: semcache_first_token(
                     stubs[0], next(misses["semcache, exact layer only"]), exact_only=True
+                ),
+                "bare Python gRPC relay": lambda: semcache_first_token(
+                    stubs[2], next(misses["bare Python gRPC relay"])
                 ),
                 "semantic hit": lambda: semantic_first_token(stubs[0], next(hits)),
                 "semantic hit, speculation off": lambda: semantic_first_token(stubs[1], next(hits)),
@@ -248,6 +261,7 @@ async def first_token_run(
     result.update(stats)
     for name in TTFT_KINDS[1:]:
         result[f"{name} vs direct"] = versus(stats[name], stats["direct"])
+    result["semcache vs bare relay"] = versus(stats["semcache"], stats["bare Python gRPC relay"])
     result["semantic hit vs off"] = versus(stats["semantic hit"], stats[SEMANTIC_KINDS[1]])
     return result
 
@@ -479,6 +493,7 @@ def print_report(results: dict[str, Any]) -> None:
             print("   " + format_percentiles(kind, run[kind]))
         for kind in TTFT_KINDS[1:]:
             print("   " + format_versus(f"{kind} / direct", run[f"{kind} vs direct"]))
+        print("   " + format_versus("semcache / bare relay", run["semcache vs bare relay"]))
         print("   streamed semantic hits (what speculating costs them):")
         for kind in SEMANTIC_KINDS:
             print("   " + format_percentiles(kind, run[kind]))
