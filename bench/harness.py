@@ -87,6 +87,16 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def terminate(process: subprocess.Popen[bytes], within: float) -> None:
+    """SIGTERM, so a server shuts down as in production; SIGKILL if it takes longer than within."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=within)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextlib.contextmanager
 def bare_relay(ollama_url: str) -> Iterator[str]:
     """bench.bare_relay in its own process; yields its gRPC target."""
@@ -101,11 +111,7 @@ def bare_relay(ollama_url: str) -> Iterator[str]:
             grpc.channel_ready_future(channel).result(timeout=30)
         yield target
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        terminate(process, within=10)
 
 
 @dataclass
@@ -207,9 +213,5 @@ def semcache_server(ollama_url: str, *extra_args: str) -> Iterator[SemcacheProce
             wait_healthy(target, process)
             yield SemcacheProcess(process, target, redis)
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            terminate(process, within=15)
             redis.stop()
