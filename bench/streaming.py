@@ -126,10 +126,39 @@ def paraphrase(prompt: str) -> str:
     return prompt.replace("Explain ", "Briefly explain ").replace(" briefly for ", " for ")
 
 
+@dataclass
+class TimedStream:
+    first_token_s: float | None
+    source: int
+    text: str
+    ended: bool
+
+
+async def timed_stream(
+    stub: pb_grpc.SemcacheServiceStub, request: pb.AskStreamRequest
+) -> TimedStream:
+    """One AskStream read to its end: when its first delta came, its source, text and end."""
+    started = time.perf_counter()
+    timed = TimedStream(None, pb.SOURCE_UNSPECIFIED, "", ended=False)
+    parts: list[str] = []
+    async for message in stub.AskStream(request, timeout=30):
+        kind = message.WhichOneof("event")
+        if kind == "delta":
+            if timed.first_token_s is None:
+                timed.first_token_s = time.perf_counter() - started
+            parts.append(message.delta.text)
+        elif kind == "start":
+            timed.source = message.start.source
+        else:
+            timed.ended = True
+    timed.text = "".join(parts)
+    return timed
+
+
 async def semcache_first_token(
     stub: pb_grpc.SemcacheServiceStub, prompt: str, exact_only: bool = False
 ) -> float:
-    """Seconds from the call to its first delta; the stream is read to its end and checked."""
+    """Seconds from the call to the first delta of a miss, whose stream is read and checked."""
     request = build_request(
         pb.AskStreamRequest,
         prompt,
@@ -137,25 +166,11 @@ async def semcache_first_token(
         skip_store=True,
         similarity_threshold=0.0 if exact_only else None,
     )
-    started = time.perf_counter()
-    call = stub.AskStream(request, timeout=30)
-    first: float | None = None
-    source = pb.SOURCE_UNSPECIFIED
-    parts: list[str] = []
-    ended = False
-    async for message in call:
-        kind = message.WhichOneof("event")
-        if kind == "delta":
-            if first is None:
-                first = time.perf_counter() - started
-            parts.append(message.delta.text)
-        elif kind == "start":
-            source = message.start.source
-        else:
-            ended = True
-    if source != pb.SOURCE_LLM or not ended or "".join(parts) != echo(prompt) or first is None:
+    timed = await timed_stream(stub, request)
+    answered = timed.source == pb.SOURCE_LLM and timed.ended and timed.text == echo(prompt)
+    if not answered or timed.first_token_s is None:
         raise SystemExit(f"a miss stream for {prompt!r} did not complete as an LLM answer")
-    return first
+    return timed.first_token_s
 
 
 async def direct_first_token(client: ollama.AsyncClient, prompt: str) -> float:
@@ -178,18 +193,10 @@ async def direct_first_token(client: ollama.AsyncClient, prompt: str) -> float:
 
 async def semantic_first_token(stub: pb_grpc.SemcacheServiceStub, prompt: str) -> float:
     """Seconds from the call to the first delta of a streamed semantic hit."""
-    request = build_request(pb.AskStreamRequest, prompt, model=MODEL)
-    started = time.perf_counter()
-    first: float | None = None
-    source = pb.SOURCE_UNSPECIFIED
-    async for message in stub.AskStream(request, timeout=30):
-        if message.HasField("start"):
-            source = message.start.source
-        elif message.HasField("delta") and first is None:
-            first = time.perf_counter() - started
-    if source != pb.SOURCE_SEMANTIC or first is None:
+    timed = await timed_stream(stub, build_request(pb.AskStreamRequest, prompt, model=MODEL))
+    if timed.source != pb.SOURCE_SEMANTIC or not timed.ended or timed.first_token_s is None:
         raise SystemExit(f"{prompt!r} was not streamed as a semantic hit")
-    return first
+    return timed.first_token_s
 
 
 async def interleaved(

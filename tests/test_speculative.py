@@ -11,14 +11,14 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from semcache.v1 import semcache_pb2 as pb
-from semcache_client import build_request
 from semcache_server.domain import Speculation
 from semcache_server.embedders.local import LocalEmbedder
 
 from tests.conftest import Running, service_settings, start_service
 from tests.ollama_fake import Behaviour, FakeOllama
 from tests.redis_process import RedisProcess, free_port
-from tests.test_ask import MODEL, PARAPHRASE, QUESTION, ask
+from tests.test_ask import PARAPHRASE, QUESTION, ask
+from tests.test_ask_stream import receive, stream_request
 
 
 @pytest_asyncio.fixture
@@ -32,11 +32,9 @@ async def speculative(
 
 
 async def stream_source(running: Running, prompt: str) -> int:
-    request = build_request(pb.AskStreamRequest, prompt, model=MODEL)
-    messages: list[pb.AskStreamResponse] = [
-        message async for message in running.stub.AskStream(request, timeout=10)
-    ]
-    return int(messages[0].start.source)
+    received = await receive(running, stream_request(prompt))
+    received.assert_well_formed()
+    return int(received.start.source)
 
 
 @pytest.mark.asyncio
