@@ -3,11 +3,12 @@
     .venv/bin/python -m bench.accuracy --data ../shared/data/qqp_dev.jsonl \\
         [--data ...] [--split all|calibration|heldout] [--limit N] [--json]
 
-Everything between the query and the verdict is the real code: a `CacheChain` with its exact and
-semantic layers over a real redis-server (`RedisProcess`), an `ExactIndex`, and the real policy
-objects. Only two parts are stand-ins: the LLM (a stub that answers every miss; storing is off
-while scoring) and the embedder, which serves vectors computed beforehand in batches, because
-embedding 40k prompts one by one would take most of an hour. The cost of a real embedding is
+Everything between the query and the verdict is the real code: the cache chain that the
+composition root (`app.build_cache`) wires for the server, with its exact and semantic layers
+over a real redis-server (`RedisProcess`), and the real policy objects. Only two parts are
+stand-ins: the LLM (a stub that answers every miss; storing is off while scoring) and the
+embedder, which serves vectors computed beforehand in batches, because embedding 40k prompts one
+by one would take most of an hour. The cost of a real embedding is
 measured separately on a sample and printed next to the tables.
 
 Per data file, the cache is loaded with every distinct `cached` prompt (each with its own
@@ -35,19 +36,18 @@ from typing import Any
 
 import numpy as np
 import redis.asyncio as aioredis
-from semcache_server.calibration import (
-    DEFAULT_OLLAMA_EMBED_MODEL,
+from semcache_server import app
+from semcache_server.adapters.indexes.exact import ExactIndex
+from semcache_server.calibration.command import open_embedder
+from semcache_server.calibration.data import (
     SPLITS,
     Embedded,
     LabelledPair,
-    Progress,
     Score,
-    open_embedder,
     prepare_file,
     read_pairs,
 )
-from semcache_server.chain import CacheChain, ChainSettings
-from semcache_server.domain import (
+from semcache_server.core.domain import (
     CacheControl,
     EmbedderUnavailable,
     FinishReason,
@@ -55,23 +55,27 @@ from semcache_server.domain import (
     SemanticStatus,
     Source,
     TextDelta,
+    Verdict,
 )
-from semcache_server.embedders import Embedder, Vectors
-from semcache_server.index import ExactIndex
-from semcache_server.layers import ExactLayer, OutageLog, SemanticLayer
-from semcache_server.llm import LLMEvent, LLMFinish, RequestSent
-from semcache_server.policy import (
+from semcache_server.core.policy import (
     CalibratedPolicy,
     GuardedThresholdPolicy,
-    HitPolicy,
     ThresholdPolicy,
-    Verdict,
     default_policy,
 )
-from semcache_server.store import RedisEntryStore
+from semcache_server.core.ports import (
+    Embedder,
+    HitPolicy,
+    LLMEvent,
+    LLMFinish,
+    RequestSent,
+    Vectors,
+)
+from semcache_server.settings import Settings
+from semcache_server.testing.redis_process import RedisProcess
+from tqdm import tqdm
 
 from bench.harness import percentiles
-from tests.redis_process import RedisProcess
 
 STATIC_THRESHOLDS = (0.80, 0.85, 0.90, 0.92, 0.95, 0.97, 0.99)
 MODEL = "bench-model"
@@ -112,18 +116,6 @@ class AnsweringLLM:
         return None
 
 
-class CountingOutages(OutageLog):
-    """An outage log that remembers failures: a Redis error mid-run would be scored as misses."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__(name)
-        self.failures = 0
-
-    def failed(self, error: Exception) -> None:
-        self.failures += 1
-        super().failed(error)
-
-
 class TimedPolicy:
     """Wraps a policy to time its judge calls: the policy's own share of a lookup."""
 
@@ -135,11 +127,9 @@ class TimedPolicy:
     def floor(self) -> float:
         return self.inner.floor
 
-    async def judge(
-        self, prompt: str, candidate: str, similarity: float, threshold: float | None
-    ) -> Verdict:
+    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict:
         started = time.perf_counter()
-        verdict = await self.inner.judge(prompt, candidate, similarity, threshold)
+        verdict = await self.inner.judge(prompt, candidate, similarity)
         self.seconds.append(time.perf_counter() - started)
         return verdict
 
@@ -200,23 +190,22 @@ class Bench:
     """One loaded cache (a data file's cached prompts) that policies are scored against."""
 
     def __init__(self, redis_url: str, embedder: Embedder) -> None:
+        self._redis_url = redis_url
         self._client = aioredis.Redis.from_url(redis_url)
-        self._store = RedisEntryStore(self._client)
-        self._outages = CountingOutages("Redis")
         self._embedder = embedder
         self._index = ExactIndex()
-        self._llm = AnsweringLLM()
         self.prompt_of: dict[str, str] = {}
 
-    def _chain(self, policy: HitPolicy) -> CacheChain:
-        semantic = SemanticLayer(self._embedder, self._index, self._store, policy, self._outages)
-        return CacheChain(
-            ExactLayer(self._store, self._outages),
-            semantic,
-            self._llm,
-            self._store,
-            self._outages,
-            ChainSettings(),
+    async def _cache(self, policy: HitPolicy) -> app.Cache:
+        """The server's own wiring, with the precomputed embedder, the answering LLM, the policy
+        under test, and the index loaded once for every policy."""
+        return await app.build_cache(
+            Settings(redis_timeout=10.0),
+            self._redis_url,
+            embedder=self._embedder,
+            llm=AnsweringLLM(),
+            policy=policy,
+            index=self._index,
         )
 
     async def load(self, cached: Sequence[str], label: str) -> None:
@@ -224,26 +213,25 @@ class Bench:
         await self._client.flushdb()
         self._index = ExactIndex()
         self.prompt_of = {}
-        chain = self._chain(ThresholdPolicy(1.0))
-        progress = Progress(label, len(cached))
-        for prompt in cached:
-            answer = await chain.ask(Query(prompt, MODEL), CacheControl(skip_lookup=True))
-            if not answer.completion.stored:
-                raise RuntimeError(f"could not store {prompt!r}: is Redis up?")
-            self.prompt_of[answer.completion.entry_id] = prompt
-            progress.advance(1)
-        progress.close()
+        cache = await self._cache(ThresholdPolicy(1.0))
+        try:
+            for prompt in tqdm(cached, desc=label, unit="entry"):
+                answer = await cache.chain.ask(Query(prompt, MODEL), CacheControl(skip_lookup=True))
+                if not answer.completion.stored:
+                    raise RuntimeError(f"could not store {prompt!r}: is Redis up?")
+                self.prompt_of[answer.completion.entry_id] = prompt
+        finally:
+            await cache.aclose()
 
     async def score(
         self, name: str, policy: HitPolicy, asked: Sequence[LabelledPair]
     ) -> PolicyResult:
         timed = TimedPolicy(policy)
-        chain = self._chain(timed)
+        cache = await self._cache(timed)
         hits = correct = rejected = exact = 0
         lookups: list[float] = []
-        progress = Progress(f"  {name}", len(asked))
-        for pair in asked:
-            answer = await chain.ask(Query(pair.query, MODEL), CacheControl(skip_store=True))
+        for pair in tqdm(asked, desc=f"  {name}", unit="query"):
+            answer = await cache.chain.ask(Query(pair.query, MODEL), CacheControl(skip_store=True))
             origin = answer.origin
             lookups.append(origin.lookup_seconds)
             if origin.semantic_status is SemanticStatus.REJECTED_BY_GUARD:
@@ -253,9 +241,8 @@ class Bench:
                 exact += origin.source is Source.EXACT
                 hit_prompt = self.prompt_of[origin.entry_id]
                 correct += hit_prompt == pair.cached and pair.duplicate
-            progress.advance(1)
-        progress.close()
-        if self._outages.failures:
+        await cache.aclose()
+        if cache.store_outages.failures:
             raise RuntimeError("Redis failed during the run; the figures would be wrong")
         score = Score(
             queries=len(asked),
@@ -273,7 +260,7 @@ class Bench:
         )
 
     async def aclose(self) -> None:
-        await self._store.aclose()
+        await self._client.aclose()
 
 
 def policies_for(
@@ -384,7 +371,7 @@ def _parser() -> argparse.ArgumentParser:
         "--policy", type=Path, action="append", default=[], help="extra calibrated policy JSON"
     )
     parser.add_argument("--ollama-host", default=os.environ.get("OLLAMA_HOST"))
-    parser.add_argument("--ollama-embed-model", default=DEFAULT_OLLAMA_EMBED_MODEL)
+    parser.add_argument("--ollama-embed-model", default=None, help="default: as semcache serve")
     parser.add_argument("--no-ollama", action="store_true", help="only the local embedder")
     parser.add_argument("--embedding-cache", type=Path, default=None, help="directory for .npy")
     return parser

@@ -19,8 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from tests.redis_process import RedisProcess, free_port
+from semcache_server.testing.redis_process import RedisProcess, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 # Subjects for the prompts the benchmarks generate.
@@ -129,7 +128,7 @@ def fake_ollama(
         [
             sys.executable,
             "-m",
-            "tests.ollama_fake",
+            "semcache_server.testing.ollama_protocol",
             "--port",
             str(port),
             "--token-delay",

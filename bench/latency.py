@@ -121,7 +121,7 @@ async def throughput(
 
 
 def embedding_latency(samples: int) -> list[float]:
-    from semcache_server.embedders.minilm_onnx import MiniLMOnnxModel
+    from semcache_server.adapters.embedders.minilm_onnx import MiniLMOnnxModel
 
     model = MiniLMOnnxModel.load()
     query = "How do I reverse the order of the words in a sentence using Python?"  # 12 words

@@ -17,11 +17,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from semcache_server import app
-from semcache_server.embedders.local import LocalEmbedder
+from semcache_server.adapters.embedders.local import LocalEmbedder
 from semcache_server.settings import Settings
-
-from tests.ollama_fake import FakeOllama
-from tests.redis_process import RedisProcess
+from semcache_server.testing.ollama_protocol import FakeOllama
+from semcache_server.testing.redis_process import RedisProcess
 
 
 @pytest.fixture(scope="session")

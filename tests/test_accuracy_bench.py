@@ -9,17 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
-from semcache_server.calibration import (
-    LabelledPair,
-    Lookup,
-    calibrate_async,
-    choose_policy,
-    read_pairs,
-    select,
-    split_of,
-)
-from semcache_server.embedders.local import LocalEmbedder
-from semcache_server.policy import CalibratedPolicy
+from semcache_server.adapters.embedders.local import LocalEmbedder
+from semcache_server.calibration.command import calibrate_async
+from semcache_server.calibration.data import LabelledPair, Lookup, read_pairs, select, split_of
+from semcache_server.calibration.fitting import choose_policy
+from semcache_server.core.policy import CalibratedPolicy
 
 from bench import accuracy
 

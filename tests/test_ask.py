@@ -12,11 +12,11 @@ import pytest
 import redis
 from semcache.v1 import semcache_pb2 as pb
 from semcache_client import build_request
-from semcache_server.embedders.local import LocalEmbedder
+from semcache_server.adapters.embedders.local import LocalEmbedder
+from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama, split_tokens
+from semcache_server.testing.redis_process import RedisProcess, free_port
 
 from tests.conftest import Running, service_settings, start_service
-from tests.ollama_fake import Behaviour, FakeOllama, split_tokens
-from tests.redis_process import RedisProcess, free_port
 
 MODEL = "llama3.2"
 QUESTION = "How do I reverse a list in Python?"

@@ -15,9 +15,8 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from tests.ollama_fake import FakeOllama
-from tests.redis_process import free_port
+from semcache_server.testing.ollama_protocol import FakeOllama
+from semcache_server.testing.redis_process import free_port
 
 SEMCACHE = shutil.which("semcache") or str(Path(sys.executable).parent / "semcache")
 

@@ -10,10 +10,10 @@ import pytest
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc
 from semcache_server import app
-from semcache_server.embedders.local import LocalEmbedder
+from semcache_server.adapters.embedders.local import LocalEmbedder
 from semcache_server.settings import Settings
+from semcache_server.testing.ollama_protocol import FakeOllama
 
-from tests.ollama_fake import FakeOllama
 from tests.test_ask import ask
 
 

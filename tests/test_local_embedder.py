@@ -10,8 +10,8 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import pytest
-from semcache_server.embedders.local import LocalEmbedder
-from semcache_server.embedders.minilm_onnx import (
+from semcache_server.adapters.embedders.local import LocalEmbedder
+from semcache_server.adapters.embedders.minilm_onnx import (
     MiniLMOnnxModel,
     build_minilm_graph,
     default_model_dir,

@@ -12,11 +12,11 @@ import redis
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc
 from semcache_server import app
-from semcache_server.embedders.ollama import OllamaEmbedder
+from semcache_server.adapters.embedders.ollama import OllamaEmbedder
+from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama
+from semcache_server.testing.redis_process import RedisProcess
 
 from tests.conftest import service_settings
-from tests.ollama_fake import Behaviour, FakeOllama
-from tests.redis_process import RedisProcess
 from tests.test_ask import ask
 
 

@@ -14,8 +14,7 @@ import httpx
 import ollama
 import pytest
 import pytest_asyncio
-
-from tests.ollama_fake import Behaviour, FakeOllama, split_tokens
+from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama, split_tokens
 
 MODEL = "llama3.2"
 EMBED_MODEL = "nomic-embed-text"

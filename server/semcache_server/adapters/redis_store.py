@@ -1,4 +1,4 @@
-"""The entry store: cached answers with their embeddings and metadata, in Redis.
+"""The Redis entry store: cached answers with their embeddings and metadata, in Redis.
 
 One hash a entry, keyed by its deterministic id. The exact layer is one round trip (a script that
 counts the hit and returns the entry); the index is rebuilt from the stored embeddings at start-up.
@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
 from functools import wraps
-from typing import Any, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -20,49 +19,12 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from semcache_server.domain import CachedEntry, Role, StoreUnavailable, Turn
+from semcache_server.core.domain import CachedEntry, Role, StoreUnavailable, Turn
+from semcache_server.core.ports import StoredVector
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "semcache:v1:"
-
-
-@dataclass(frozen=True)
-class StoredVector:
-    entry_id: str
-    partition: str
-    vector: npt.NDArray[np.float32]
-
-
-class EntryStore(Protocol):
-    async def fetch_hit(self, entry_id: str) -> CachedEntry | None:
-        """The entry with its hit count raised by one, or None when there is none."""
-        ...
-
-    async def fetch(self, entry_id: str) -> CachedEntry | None:
-        """The entry as it is, for a layer that decides before it counts a hit."""
-        ...
-
-    async def record_hit(self, entry_id: str) -> int:
-        """Count a hit; the new count, or 0 when the entry is gone."""
-        ...
-
-    async def delete(self, entry_id: str) -> None: ...
-
-    async def put(
-        self,
-        entry: CachedEntry,
-        embedding: npt.NDArray[np.float32] | None,
-        ttl_seconds: float | None,
-    ) -> None: ...
-
-    def vectors(self, embedding_model: str) -> AsyncIterator[StoredVector]:
-        """Every stored embedding made by embedding_model, for rebuilding the index."""
-        ...
-
-    async def ping(self) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 _FIELDS = (

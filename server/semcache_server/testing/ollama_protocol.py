@@ -6,7 +6,8 @@ it unchanged. Replies are deterministic so a test can predict every token, and f
 dropped connections, HTTP errors, truncation) are scripted per instance or per model so the cache's
 error paths can be exercised through a real socket.
 
-Run it by hand with ``python -m tests.ollama_fake --port 11434 [--token-delay 0.02]``.
+Run it by hand with
+``python -m semcache_server.testing.ollama_protocol --port 11434 [--token-delay 0.02]``.
 """
 
 from __future__ import annotations

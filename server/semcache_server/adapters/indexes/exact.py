@@ -1,40 +1,25 @@
-"""The vector index: nearest cached prompts within one partition.
+"""An exact vector index: brute force over a float32 matrix a partition.
 
 Partitions are searched separately, so an entry of another model, system prompt or tenant can
 never be the nearest neighbour that hides a valid hit (the pre-filter the semantic layer relies on).
-ExactIndex is brute force over a float32 matrix a partition, exact and fast to some 20k entries
-a partition; an approximate index can take its place behind the same protocol.
+Exact and fast to some 20k entries a partition; an approximate index can take its place behind the
+same `VectorIndex` protocol. A search over more than `OFF_LOOP_ROWS` rows runs in a worker thread,
+so a large partition never stalls the event loop; a lock keeps it from seeing a half-done change.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import asyncio
+import threading
 
 import numpy as np
-import numpy.typing as npt
 
-Vector = npt.NDArray[np.float32]
+from semcache_server.core.ports import Neighbour, Vector
 
-
-@dataclass(frozen=True)
-class Neighbour:
-    entry_id: str
-    similarity: float
-
-
-class VectorIndex(Protocol):
-    def add(self, partition: str, entry_id: str, vector: Vector) -> None:
-        """Add or replace the vector of an entry (vectors are unit length)."""
-        ...
-
-    def remove(self, entry_id: str) -> None: ...
-
-    def nearest(self, partition: str, vector: Vector, k: int = 1) -> list[Neighbour]:
-        """The k most similar entries of the partition, most similar first."""
-        ...
-
-    def __len__(self) -> int: ...
+OFF_LOOP_ROWS = 4096
+"""Below this a search takes tens of microseconds, less than a hop to a worker thread costs."""
+_RESCORED_EXTRA = 4
+"""Candidates scored again beyond k, in case a row moved during the scan."""
 
 
 class _Partition:
@@ -70,15 +55,19 @@ class ExactIndex:
     def __init__(self) -> None:
         self._partitions: dict[str, _Partition] = {}
         self._where: dict[str, tuple[str, int]] = {}
+        self._lock = threading.Lock()
 
     def add(self, partition: str, entry_id: str, vector: Vector) -> None:
-        vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        with self._lock:
+            self._add(partition, entry_id, np.asarray(vector, dtype=np.float32).reshape(-1))
+
+    def _add(self, partition: str, entry_id: str, vector: Vector) -> None:
         located = self._where.get(entry_id)
         if located is not None and located[0] == partition:
             self._partitions[partition].matrix[located[1]] = vector
             return
         if located is not None:
-            self.remove(entry_id)
+            self._remove(entry_id)
         rows = self._partitions.get(partition)
         if rows is None or rows.matrix.shape[1] != vector.shape[0]:
             if rows is not None and rows.ids:
@@ -90,6 +79,10 @@ class ExactIndex:
         self._where[entry_id] = (partition, rows.append(entry_id, vector))
 
     def remove(self, entry_id: str) -> None:
+        with self._lock:
+            self._remove(entry_id)
+
+    def _remove(self, entry_id: str) -> None:
         located = self._where.pop(entry_id, None)
         if located is None:
             return
@@ -101,15 +94,38 @@ class ExactIndex:
         if not rows.ids:
             del self._partitions[partition]
 
-    def nearest(self, partition: str, vector: Vector, k: int = 1) -> list[Neighbour]:
+    async def nearest(self, partition: str, vector: Vector, k: int = 1) -> list[Neighbour]:
         rows = self._partitions.get(partition)
-        if rows is None or not rows.ids or rows.matrix.shape[1] != vector.shape[-1]:
-            return []
-        scores = rows.matrix[: len(rows.ids)] @ np.asarray(vector, dtype=np.float32).reshape(-1)
-        k = min(k, scores.shape[0])
-        top = np.argpartition(-scores, k - 1)[:k] if k < scores.shape[0] else np.arange(k)
-        top = top[np.argsort(-scores[top], kind="stable")]
-        return [Neighbour(rows.ids[i], float(scores[i])) for i in top]
+        if rows is not None and len(rows.ids) > OFF_LOOP_ROWS:
+            return await asyncio.to_thread(self.nearest_now, partition, vector, k)
+        return self.nearest_now(partition, vector, k)
+
+    def nearest_now(self, partition: str, vector: Vector, k: int = 1) -> list[Neighbour]:
+        """The search itself, on the calling thread.
+
+        The scan runs without the lock, so the event loop can add and remove meanwhile; a row
+        changed during the scan may be scored from a torn read, so the candidates are scored again
+        under the lock, against the rows as they are now.
+        """
+        query = np.asarray(vector, dtype=np.float32).reshape(-1)
+        with self._lock:
+            rows = self._partitions.get(partition)
+            if rows is None or not rows.ids or rows.matrix.shape[1] != query.shape[0]:
+                return []
+            matrix, count = rows.matrix, len(rows.ids)
+        scores = matrix[:count] @ query
+        wanted = min(k + _RESCORED_EXTRA, count)
+        if wanted < count:
+            candidates = np.argpartition(-scores, wanted - 1)[:wanted]
+        else:
+            candidates = np.arange(count)
+        with self._lock:
+            if self._partitions.get(partition) is not rows:
+                return []
+            live = candidates[candidates < len(rows.ids)]
+            rescored = rows.matrix[live] @ query
+            order = np.argsort(-rescored, kind="stable")[:k]
+            return [Neighbour(rows.ids[live[i]], float(rescored[i])) for i in order]
 
     def __len__(self) -> int:
         return len(self._where)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from semcache_server.domain import CacheControl, InvalidRequest, Query
+from semcache_server.core.domain import CacheControl, InvalidRequest, Query
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_prompt_chars: int = 32_000
+    """What a request may carry; the defaults live in `semcache_server.settings`."""
+
+    max_prompt_chars: int
 
 
 def _check_fraction(name: str, value: float | None, *, low_open: bool = False) -> None:

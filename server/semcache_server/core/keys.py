@@ -13,7 +13,7 @@ import json
 import re
 import unicodedata
 
-from semcache_server.domain import Query, Turn
+from semcache_server.core.domain import Query, Turn
 
 KEY_VERSION = 1
 _WHITESPACE = re.compile(r"\s+")

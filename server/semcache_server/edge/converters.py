@@ -6,7 +6,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from semcache.v1 import semcache_pb2 as pb
 
-from semcache_server.domain import (
+from semcache_server.core.domain import (
     Answer,
     CacheControl,
     Completion,

@@ -12,10 +12,10 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from semcache_server import keys
-from semcache_server.domain import (
+from semcache_server.core import keys
+from semcache_server.core.domain import (
     Answer,
     AnswerEvent,
     CacheControl,
@@ -27,29 +27,28 @@ from semcache_server.domain import (
     SemanticStatus,
     Source,
     Speculation,
-    StoreUnavailable,
     TextDelta,
 )
-from semcache_server.index import Vector
-from semcache_server.layers import ExactLayer, OutageLog, SemanticLayer
-from semcache_server.llm import LLMBackend, LLMEvent, LLMFinish
-from semcache_server.store import EntryStore
-from semcache_server.validation import Limits, validate
+from semcache_server.core.layers import ExactLayer, SemanticLayer, SemanticRequest
+from semcache_server.core.ports import LLMBackend, LLMEvent, LLMFinish
+from semcache_server.core.validation import Limits, validate
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ChainSettings:
-    ttl_seconds: float | None = None
-    replay_chunk_chars: int = 64
-    max_semantic_temperature: float = 1.0
-    """Above it the semantic layer is skipped: sampling asks for variety."""
-    speculative_llm: Speculation = Speculation.STREAMS
+    """The chain's part of the service settings; `semcache_server.settings` holds the defaults."""
+
+    ttl_seconds: float | None
+    """None: entries never expire."""
+    replay_chunk_chars: int
+    speculative_llm: Speculation
     """When the LLM starts alongside the semantic lookup; a hit cancels it."""
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits
     llm_send_patience: float = 0.005
-    """How long other work waits for the LLM request to leave (a new connection takes longest)."""
+    """How long other work waits for the LLM request to leave (a new connection takes longest);
+    internal tuning, not a service setting."""
 
 
 class PrefetchedStream:
@@ -103,15 +102,11 @@ class CacheChain:
         exact: ExactLayer,
         semantic: SemanticLayer,
         llm: LLMBackend,
-        store: EntryStore,
-        store_outages: OutageLog,
         settings: ChainSettings,
     ) -> None:
         self._exact = exact
         self._semantic = semantic
         self._llm = llm
-        self._store = store
-        self._store_outages = store_outages
         self._settings = settings
 
     async def ask(self, query: Query, control: CacheControl) -> Answer:
@@ -135,10 +130,8 @@ class CacheChain:
         validate(query, control, self._settings.limits)
         started = time.monotonic()
         entry_id = keys.entry_id(query)
-        partition = keys.partition_id(query, self._semantic.embedder.model_id)
-        vector: Vector | None = None
-
-        status = self._semantic_skip(query, control)
+        semantic = self._semantic.begin(query, control)
+        status = semantic.skipped
         llm: PrefetchedStream | None = None
         try:
             if not control.skip_lookup:
@@ -147,30 +140,25 @@ class CacheChain:
                     async for event in self._replay(entry, Source.EXACT, 1.0, started, None):
                         yield event
                     return
-                if status is None:
+                if semantic.skipped is None:
                     if self._speculates(streaming):
                         # Hide the semantic lookup behind the LLM's own time to first token;
                         # a hit cancels the call before it has produced anything to waste.
                         llm = await self._start_llm(query)
-                    vector = await self._semantic.embed(query.prompt)
-                    status = SemanticStatus.UNAVAILABLE
-                    if vector is not None:
-                        outcome = await self._semantic.lookup(
-                            query, partition, vector, control.similarity_threshold
-                        )
-                        status = outcome.status
-                        if outcome.hit is not None:
-                            if llm is not None:
-                                await llm.aclose()
-                            async for event in self._replay(
-                                outcome.hit.entry,
-                                Source.SEMANTIC,
-                                outcome.hit.similarity,
-                                started,
-                                status,
-                            ):
-                                yield event
-                            return
+                    outcome = await semantic.lookup()
+                    status = outcome.status
+                    if outcome.hit is not None:
+                        if llm is not None:
+                            await llm.aclose()
+                        async for event in self._replay(
+                            outcome.hit.entry,
+                            Source.SEMANTIC,
+                            outcome.hit.similarity,
+                            started,
+                            status,
+                        ):
+                            yield event
+                        return
 
             if llm is None:
                 llm = await self._start_llm(query)
@@ -180,11 +168,10 @@ class CacheChain:
                 lookup_seconds=time.monotonic() - started,
                 semantic_status=status,
             )
-            async for event in self._generate(
-                query, control, entry_id, partition, vector, started, llm.events()
-            ):
+            async for event in self._generate(control, entry_id, semantic, started, llm.events()):
                 yield event
         finally:
+            semantic.close()
             if llm is not None:
                 await llm.aclose()
 
@@ -197,19 +184,6 @@ class CacheChain:
     def _speculates(self, streaming: bool) -> bool:
         mode = self._settings.speculative_llm
         return mode is Speculation.ALL or (mode is Speculation.STREAMS and streaming)
-
-    def _semantic_skip(self, query: Query, control: CacheControl) -> SemanticStatus | None:
-        """Why the semantic layer must not answer this request, or None when it may."""
-        if control.skip_lookup:
-            return SemanticStatus.SKIPPED_LOOKUP
-        if control.similarity_threshold is not None and control.similarity_threshold == 0:
-            return SemanticStatus.SKIPPED_EXACT_ONLY  # 0 means exact matches only
-        if query.history and not control.semantic_with_history:
-            return SemanticStatus.SKIPPED_HISTORY
-        temperature = query.options.temperature
-        if temperature is not None and temperature > self._settings.max_semantic_temperature:
-            return SemanticStatus.SKIPPED_TEMPERATURE
-        return None
 
     async def _replay(
         self,
@@ -242,42 +216,33 @@ class CacheChain:
 
     async def _generate(
         self,
-        query: Query,
         control: CacheControl,
         entry_id: str,
-        partition: str,
-        vector: Vector | None,
+        semantic: SemanticRequest,
         started: float,
         llm_events: AsyncGenerator[LLMEvent, None],
     ) -> AsyncGenerator[AnswerEvent, None]:
-        embedding: asyncio.Task[Vector | None] | None = None
-        if not control.skip_store and vector is None:
+        if not control.skip_store:
             # The entry needs an embedding for later semantic hits; make it while the LLM talks.
-            embedding = asyncio.create_task(self._semantic.embed(query.prompt))
+            semantic.embed_ahead()
         parts: list[str] = []
         finish: LLMFinish | None = None
-        try:
-            async with contextlib.aclosing(llm_events) as stream:
-                async for event in stream:
-                    if isinstance(event, TextDelta):
-                        parts.append(event.text)
-                        yield event
-                    else:
-                        finish = event
-            text = "".join(parts)
-            stored = False
-            if (
-                finish is not None
-                and finish.finish_reason is FinishReason.STOP
-                and text.strip()
-                and not control.skip_store
-            ):
-                if embedding is not None:
-                    vector = await embedding
-                stored = await asyncio.shield(self._put(query, text, entry_id, partition, vector))
-        finally:
-            if embedding is not None and not embedding.done():
-                embedding.cancel()
+        async with contextlib.aclosing(llm_events) as stream:
+            async for event in stream:
+                if isinstance(event, TextDelta):
+                    parts.append(event.text)
+                    yield event
+                else:
+                    finish = event
+        text = "".join(parts)
+        stored = False
+        if (
+            finish is not None
+            and finish.finish_reason is FinishReason.STOP
+            and text.strip()
+            and not control.skip_store
+        ):
+            stored = await semantic.store(entry_id, text, self._settings.ttl_seconds)
         yield Completion(
             stored=stored,
             entry_id=entry_id if stored else "",
@@ -286,29 +251,3 @@ class CacheChain:
             completion_tokens=finish.completion_tokens if finish else 0,
             total_seconds=time.monotonic() - started,
         )
-
-    async def _put(
-        self, query: Query, text: str, entry_id: str, partition: str, vector: Vector | None
-    ) -> bool:
-        entry = CachedEntry(
-            entry_id=entry_id,
-            partition=partition,
-            prompt=query.prompt,
-            text=text,
-            model=query.model,
-            system=query.system,
-            options=query.options.as_dict(),
-            history=query.history,
-            namespace=query.namespace,
-            embedding_model=self._semantic.embedder.model_id if vector is not None else "",
-            created_at=time.time(),
-        )
-        try:
-            await self._store.put(entry, vector, self._settings.ttl_seconds)
-        except StoreUnavailable as error:
-            self._store_outages.failed(error)
-            return False
-        self._store_outages.succeeded()
-        if vector is not None:
-            self._semantic.remember(partition, entry_id, vector)
-        return True

@@ -8,9 +8,9 @@ import httpx
 import numpy as np
 import ollama
 
-from semcache_server.domain import EmbedderUnavailable
-from semcache_server.embedders import Vectors
-from semcache_server.llm import DEFAULT_OLLAMA_HOST
+from semcache_server.adapters.ollama_llm import DEFAULT_OLLAMA_HOST
+from semcache_server.core.domain import EmbedderUnavailable
+from semcache_server.core.ports import Vectors
 
 
 class OllamaEmbedder:

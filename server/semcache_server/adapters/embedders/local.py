@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from semcache_server.embedders.minilm_onnx import MiniLMOnnxModel
+from semcache_server.adapters.embedders.minilm_onnx import MiniLMOnnxModel
 
 MODEL_ID = "local/all-MiniLM-L6-v2"
 

@@ -1,18 +1,17 @@
-"""The LLM layer: the last resort of the chain, reached through the real `ollama` AsyncClient."""
+"""The Ollama LLM backend: the last resort of the chain, through the real `ollama` AsyncClient."""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import logging
-from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from collections.abc import AsyncGenerator
+from typing import Any, cast
 
 import httpx
 import ollama
 
-from semcache_server.domain import (
+from semcache_server.core.domain import (
     FinishReason,
     LLMRejected,
     LLMStreamBroken,
@@ -21,41 +20,11 @@ from semcache_server.domain import (
     Query,
     TextDelta,
 )
+from semcache_server.core.ports import LLMEvent, LLMFinish, RequestSent
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
-
-
-@dataclass(frozen=True)
-class LLMFinish:
-    """The LLM's closing message: only its arrival proves the answer is complete."""
-
-    finish_reason: FinishReason
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-LLMEvent = TextDelta | LLMFinish
-
-
-RequestSent = Callable[[], None]
-"""Called once the request has left for the LLM: other work may start without delaying it."""
-
-
-class LLMBackend(Protocol):
-    def stream(
-        self, query: Query, on_sent: RequestSent | None = None
-    ) -> AsyncGenerator[LLMEvent, None]:
-        """Yield the answer's text as it is produced, then one LLMFinish.
-
-        Closing the iterator early must stop the generation. Failures raise LLMUnavailable,
-        LLMStreamBroken, ModelNotFound or LLMRejected. A backend that cannot tell when its
-        request left may never call on_sent; callers bound their wait for it.
-        """
-        ...
-
-    async def aclose(self) -> None: ...
 
 
 def _finish_reason(done_reason: str | None) -> FinishReason:
@@ -117,7 +86,7 @@ async def _trace_request_sent(request: httpx.Request) -> None:
 class OllamaBackend:
     """Chats with Ollama over HTTP, streaming; the one place that knows Ollama's errors."""
 
-    def __init__(self, host: str | None, connect_timeout: float = 2.0) -> None:
+    def __init__(self, host: str | None, *, connect_timeout: float) -> None:
         self.address = host or DEFAULT_OLLAMA_HOST
         # Generation may legitimately take minutes between tokens on a cold model, so only the
         # connection is bounded here; the caller's deadline bounds the rest. Each streaming answer

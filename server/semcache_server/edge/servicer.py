@@ -12,9 +12,8 @@ import grpc
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 
-from semcache_server import converters
-from semcache_server.chain import CacheChain
-from semcache_server.domain import (
+from semcache_server.core.chain import CacheChain
+from semcache_server.core.domain import (
     DEFAULT_NAMESPACE,
     Completion,
     InvalidRequest,
@@ -23,6 +22,7 @@ from semcache_server.domain import (
     ModelNotFound,
     Origin,
 )
+from semcache_server.edge import converters
 
 log = logging.getLogger(__name__)
 

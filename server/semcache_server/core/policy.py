@@ -4,30 +4,31 @@ A HitPolicy sees both prompts and their cosine similarity, so guards against loo
 (a changed number, a negation) work without touching the semantic layer. The policies:
 
 - `ThresholdPolicy`: a bare static cosine threshold, the baseline the others are measured against.
-- `GuardedThresholdPolicy`: a static threshold plus the lexical guards of `semcache_server.guards`.
-  The server uses it when an operator sets ``--similarity-threshold``, and as the fallback for an
+- `GuardedThresholdPolicy`: a static threshold plus the lexical guards of `core.guards`. The
+  server uses it when an operator sets ``--similarity-threshold``, and as the fallback for an
   embedder that has no calibration.
-- `ExactOnlyPolicy`: the server-wide setting 0, no semantic hits.
-- `CalibratedPolicy`: the default. Fitted per embedding model by `semcache_server.calibration`
-  and shipped as JSON in ``semcache_server/policies/``. It has a gray zone: below ``floor`` a
+- `ExactOnlyPolicy`: threshold 0, no semantic hits.
+- `CalibratedPolicy`: the default. Fitted per embedding model by `semcache calibrate` and shipped
+  as JSON in ``core/policies/``. It has a gray zone: below ``floor`` a
   neighbour is too far; from ``accept_above`` up it is a hit unless a guard objects; in between a
   small logistic model over the cosine and lexical features (`guards.features`) decides.
 
 How the per-request threshold override (``CacheControl.similarity_threshold``, checked with
-``is None``) combines with all this:
+``is None``) combines with all this is decided in one place, `for_request`, which hands the
+semantic layer the one policy that judges the request:
 
 - ``None``: the policy's own rule (threshold, or gray zone and model).
-- ``0``: exact matches only; the cache chain never asks the semantic layer.
+- ``0``: exact matches only (`EXACT_ONLY`); the semantic layer does not even search.
 - ``0 < t < 1``: ``t`` replaces the cosine rule entirely (threshold, floor, gray zone and model):
-  a neighbour with cosine ``>= t`` is a hit unless a guard objects. The guards still apply, so a
-  low override cannot turn "Celsius to Fahrenheit" into "Fahrenheit to Celsius".
+  a neighbour with cosine ``>= t`` is a hit unless a guard objects (`GuardedThresholdPolicy`). The
+  guards still apply, so a low override cannot turn "Celsius to Fahrenheit" into "Fahrenheit to
+  Celsius".
 - ``1``: only an identical embedding is a hit, and the guards are skipped: two prompts with the
   same vector are, to this cache, the same prompt.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import math
@@ -36,9 +37,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from semcache_server import guards
+from semcache_server.core import guards
+from semcache_server.core.domain import Verdict
+from semcache_server.core.ports import HitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +55,6 @@ between embedding models, so an unknown one gets a strict setting rather than a 
 POLICY_FORMAT = 1
 
 
-class Verdict(enum.Enum):
-    HIT = "hit"
-    TOO_FAR = "too_far"
-    """Below the threshold, or scored too low by a gray-zone model."""
-    REJECTED_BY_GUARD = "rejected_by_guard"
-    """Close enough by cosine, but a guard found the prompts ask different things."""
-
-
-class HitPolicy(Protocol):
-    @property
-    def floor(self) -> float:
-        """Below this similarity no candidate is even considered, so it is never fetched."""
-        ...
-
-    async def judge(
-        self, prompt: str, candidate: str, similarity: float, threshold: float | None
-    ) -> Verdict:
-        """Whether the candidate's answer answers prompt; threshold is the caller's override."""
-        ...
-
-
 class ThresholdPolicy:
     """A static cosine threshold: the baseline every other policy is measured against."""
 
@@ -83,11 +65,8 @@ class ThresholdPolicy:
     def floor(self) -> float:
         return self.threshold
 
-    async def judge(
-        self, prompt: str, candidate: str, similarity: float, threshold: float | None
-    ) -> Verdict:
-        required = self.threshold if threshold is None else threshold
-        return Verdict.HIT if similarity >= min(required, IDENTICAL) else Verdict.TOO_FAR
+    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict:
+        return Verdict.HIT if similarity >= min(self.threshold, IDENTICAL) else Verdict.TOO_FAR
 
 
 def guard_verdict(prompt: str, candidate: str) -> Verdict:
@@ -119,29 +98,28 @@ class GuardedThresholdPolicy:
     def floor(self) -> float:
         return min(self.threshold, IDENTICAL)
 
-    async def judge(
-        self, prompt: str, candidate: str, similarity: float, threshold: float | None
-    ) -> Verdict:
-        required = self.threshold if threshold is None else threshold
-        return threshold_verdict(prompt, candidate, similarity, required)
+    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict:
+        return threshold_verdict(prompt, candidate, similarity, self.threshold)
 
     def __repr__(self) -> str:
         return f"GuardedThresholdPolicy({self.threshold})"
 
 
 class ExactOnlyPolicy:
-    """The server-wide setting 0: no semantic hits, unless a request sets its own threshold."""
+    """Threshold 0, for the server or one request: no semantic hits, so no semantic search."""
 
     @property
     def floor(self) -> float:
         return math.inf
 
-    async def judge(
-        self, prompt: str, candidate: str, similarity: float, threshold: float | None
-    ) -> Verdict:
-        if threshold is None:
-            return Verdict.TOO_FAR
-        return threshold_verdict(prompt, candidate, similarity, threshold)
+    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict:
+        return Verdict.TOO_FAR
+
+    def __repr__(self) -> str:
+        return "ExactOnlyPolicy()"
+
+
+EXACT_ONLY = ExactOnlyPolicy()
 
 
 @dataclass(frozen=True)
@@ -197,11 +175,7 @@ class CalibratedPolicy:
     def floor(self) -> float:
         return self.gray_floor
 
-    async def judge(
-        self, prompt: str, candidate: str, similarity: float, threshold: float | None
-    ) -> Verdict:
-        if threshold is not None:
-            return threshold_verdict(prompt, candidate, similarity, threshold)
+    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict:
         return self.decide(prompt, candidate, similarity)
 
     def decide(self, prompt: str, candidate: str, similarity: float) -> Verdict:
@@ -270,7 +244,9 @@ class CalibratedPolicy:
     def shipped(cls, embedder_model_id: str) -> CalibratedPolicy | None:
         """The calibration shipped in the package for this embedder, or None."""
         entry = (
-            resources.files("semcache_server") / "policies" / policy_file_name(embedder_model_id)
+            resources.files("semcache_server.core")
+            / "policies"
+            / policy_file_name(embedder_model_id)
         )
         if not entry.is_file():
             return None
@@ -303,15 +279,28 @@ def default_policy(embedder_model_id: str, threshold: float | None = None) -> Hi
     if threshold is not None:
         _check_threshold(threshold)
         if threshold == 0:
-            return ExactOnlyPolicy()
+            return EXACT_ONLY
         return GuardedThresholdPolicy(threshold)
     calibrated = CalibratedPolicy.shipped(embedder_model_id)
     if calibrated is not None:
         return calibrated
     log.warning(
         "no calibrated policy for embedder %s; using a guarded threshold of %.2f "
-        "(run `python -m semcache_server.calibration` to calibrate one)",
+        "(run `semcache calibrate` to calibrate one)",
         embedder_model_id,
         FALLBACK_THRESHOLD,
     )
     return GuardedThresholdPolicy(FALLBACK_THRESHOLD)
+
+
+def for_request(policy: HitPolicy, threshold: float | None) -> HitPolicy:
+    """The policy that judges one request: the server's, or the request's threshold override.
+
+    The one place the override is interpreted (see the module docstring); validation has already
+    checked that it lies in [0, 1].
+    """
+    if threshold is None:
+        return policy
+    if threshold == 0:
+        return EXACT_ONLY
+    return GuardedThresholdPolicy(threshold)

@@ -1,0 +1,1 @@
+"""Embedders: the in-process MiniLM (`local`) and any Ollama embedding model (`ollama`)."""

@@ -1,0 +1,1 @@
+"""Vector indexes behind `semcache_server.core.ports.VectorIndex`."""

@@ -1,0 +1,258 @@
+"""The two cache layers in front of the LLM. Both fail open: a broken Redis or embedder is a miss
+and a log line, never a failed request.
+
+The semantic layer owns its state: the embedder, the index, the hit policy and, for each request,
+a `SemanticRequest` that knows the request's partition and embeds its prompt at most once, for the
+lookup and for the write alike. The chain asks it questions and never handles a vector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, replace
+
+from semcache_server.core import keys
+from semcache_server.core.domain import (
+    CacheControl,
+    CachedEntry,
+    EmbedderUnavailable,
+    Query,
+    SemanticStatus,
+    StoreUnavailable,
+    Verdict,
+)
+from semcache_server.core.policy import EXACT_ONLY, for_request
+from semcache_server.core.ports import Embedder, EntryStore, HitPolicy, Vector, VectorIndex
+
+log = logging.getLogger(__name__)
+
+
+class OutageLog:
+    """Logs the first failure of a dependency and its recovery, not every failed request."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._down = False
+        self.failures = 0
+        """Failed calls since start-up."""
+
+    def failed(self, error: Exception) -> None:
+        self.failures += 1
+        if not self._down:
+            log.warning("%s unavailable, serving without it: %s", self._name, error)
+        self._down = True
+
+    def succeeded(self) -> None:
+        if self._down:
+            log.warning("%s is back", self._name)
+        self._down = False
+
+
+class ExactLayer:
+    def __init__(self, store: EntryStore, outages: OutageLog) -> None:
+        self._store = store
+        self._outages = outages
+
+    async def lookup(self, entry_id: str) -> CachedEntry | None:
+        try:
+            entry = await self._store.fetch_hit(entry_id)
+        except StoreUnavailable as error:
+            self._outages.failed(error)
+            return None
+        self._outages.succeeded()
+        return entry
+
+
+@dataclass(frozen=True)
+class SemanticHit:
+    entry: CachedEntry
+    similarity: float
+
+
+@dataclass(frozen=True)
+class SemanticOutcome:
+    hit: SemanticHit | None
+    status: SemanticStatus
+
+
+_SEARCHED_MISS = SemanticOutcome(None, SemanticStatus.SEARCHED)
+_UNAVAILABLE = SemanticOutcome(None, SemanticStatus.UNAVAILABLE)
+
+
+class SemanticLayer:
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: VectorIndex,
+        store: EntryStore,
+        policy: HitPolicy,
+        store_outages: OutageLog,
+        *,
+        max_temperature: float,
+    ) -> None:
+        self._embedder = embedder
+        self._index = index
+        self._store = store
+        self._policy = policy
+        self._store_outages = store_outages
+        self._embedder_outages = OutageLog(f"embedder {embedder.model_id}")
+        self._max_temperature = max_temperature
+
+    @property
+    def embedding_model(self) -> str:
+        return self._embedder.model_id
+
+    @property
+    def indexed(self) -> int:
+        """How many embeddings the index holds."""
+        return len(self._index)
+
+    def begin(self, query: Query, control: CacheControl) -> SemanticRequest:
+        """The layer's state for one request; close() it when the request ends."""
+        policy = for_request(self._policy, control.similarity_threshold)
+        return SemanticRequest(self, query, policy, self._skip_reason(query, control, policy))
+
+    def _skip_reason(
+        self, query: Query, control: CacheControl, policy: HitPolicy
+    ) -> SemanticStatus | None:
+        """Why the semantic layer must not answer this request, or None when it may."""
+        if control.skip_lookup:
+            return SemanticStatus.SKIPPED_LOOKUP
+        if policy is EXACT_ONLY:
+            return SemanticStatus.SKIPPED_EXACT_ONLY
+        if query.history and not control.semantic_with_history:
+            return SemanticStatus.SKIPPED_HISTORY
+        temperature = query.options.temperature
+        if temperature is not None and temperature > self._max_temperature:
+            return SemanticStatus.SKIPPED_TEMPERATURE
+        return None
+
+    async def embed(self, prompt: str) -> Vector | None:
+        try:
+            vector: Vector = (await self._embedder.embed([prompt]))[0]
+        except EmbedderUnavailable as error:
+            self._embedder_outages.failed(error)
+            return None
+        self._embedder_outages.succeeded()
+        return vector
+
+    async def rebuild(self) -> int:
+        """Load every stored embedding of this embedder into the index; raises StoreUnavailable."""
+        loaded = 0
+        async for stored in self._store.vectors(self._embedder.model_id):
+            self._index.add(stored.partition, stored.entry_id, stored.vector)
+            loaded += 1
+        return loaded
+
+    async def _search(
+        self, request: SemanticRequest, vector: Vector, policy: HitPolicy
+    ) -> SemanticOutcome:
+        neighbours = await self._index.nearest(request.partition, vector, k=1)
+        if not neighbours or neighbours[0].similarity < policy.floor:
+            return _SEARCHED_MISS
+        nearest = neighbours[0]
+        try:
+            entry = await self._store.fetch(nearest.entry_id)
+            if entry is None:  # expired or deleted behind the index's back
+                self._index.remove(nearest.entry_id)
+                return _SEARCHED_MISS
+            if entry.partition != request.partition:
+                return _SEARCHED_MISS
+            verdict = await policy.judge(request.query.prompt, entry.prompt, nearest.similarity)
+            if verdict is Verdict.REJECTED_BY_GUARD:
+                return SemanticOutcome(None, SemanticStatus.REJECTED_BY_GUARD)
+            if verdict is not Verdict.HIT:
+                return _SEARCHED_MISS
+            hits = await self._store.record_hit(entry.entry_id)
+        except StoreUnavailable as error:
+            self._store_outages.failed(error)
+            return _UNAVAILABLE
+        self._store_outages.succeeded()
+        return SemanticOutcome(
+            SemanticHit(replace(entry, hits=hits), nearest.similarity), SemanticStatus.SEARCHED
+        )
+
+    async def _write(
+        self, entry: CachedEntry, vector: Vector | None, ttl_seconds: float | None
+    ) -> bool:
+        """Store the entry, then index its vector; False when Redis is down."""
+        try:
+            await self._store.put(entry, vector, ttl_seconds)
+        except StoreUnavailable as error:
+            self._store_outages.failed(error)
+            return False
+        self._store_outages.succeeded()
+        if vector is not None:
+            self._index.add(entry.partition, entry.entry_id, vector)
+        return True
+
+
+class SemanticRequest:
+    """What the semantic layer knows about one request: may it answer, in which partition, and
+    the prompt's embedding, made at most once whether the lookup or the write asks first."""
+
+    def __init__(
+        self,
+        layer: SemanticLayer,
+        query: Query,
+        policy: HitPolicy,
+        skipped: SemanticStatus | None,
+    ) -> None:
+        self.query = query
+        self.skipped = skipped
+        """Why the layer may not answer this request; None when it may."""
+        self.partition = keys.partition_id(query, layer.embedding_model)
+        self._layer = layer
+        self._policy = policy
+        self._embedding: asyncio.Future[Vector | None] | None = None
+
+    async def lookup(self) -> SemanticOutcome:
+        """Search the partition and judge the nearest entry (only when `skipped` is None)."""
+        assert self.skipped is None, "the chain asks only a layer that may answer"
+        vector = await self._vector()
+        if vector is None:
+            return _UNAVAILABLE
+        return await self._layer._search(self, vector, self._policy)
+
+    def embed_ahead(self) -> None:
+        """Start embedding now, in the background, for a write that will want it later."""
+        if self._embedding is None:
+            self._embedding = asyncio.ensure_future(self._layer.embed(self.query.prompt))
+
+    async def store(self, entry_id: str, text: str, ttl_seconds: float | None) -> bool:
+        """Write the answer with its embedding (when the embedder works); False when not stored.
+
+        Once the embedding is there, the write is shielded: a caller that leaves at the last moment
+        does not leave an answer it fully received out of the cache.
+        """
+        vector = await self._vector()
+        query = self.query
+        entry = CachedEntry(
+            entry_id=entry_id,
+            partition=self.partition,
+            prompt=query.prompt,
+            text=text,
+            model=query.model,
+            system=query.system,
+            options=query.options.as_dict(),
+            history=query.history,
+            namespace=query.namespace,
+            embedding_model=self._layer.embedding_model if vector is not None else "",
+            created_at=time.time(),
+        )
+        return await asyncio.shield(self._layer._write(entry, vector, ttl_seconds))
+
+    def close(self) -> None:
+        """Stop an embedding nobody will read."""
+        if self._embedding is not None and not self._embedding.done():
+            self._embedding.cancel()
+
+    async def _vector(self) -> Vector | None:
+        if self._embedding is None:
+            vector = await self._layer.embed(self.query.prompt)
+            self._embedding = asyncio.get_running_loop().create_future()
+            self._embedding.set_result(vector)
+            return vector
+        return await self._embedding

@@ -1,0 +1,162 @@
+"""The typed interfaces the cache core needs from the outside world.
+
+The core (chain, layers, policies) is written against these protocols only; the adapters in
+`semcache_server.adapters` implement them, and only the composition root (`semcache_server.app`)
+knows both. A test or a benchmark can hand in any object that fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from semcache_server.core.domain import CachedEntry, FinishReason, Query, TextDelta, Verdict
+
+Vector = npt.NDArray[np.float32]
+"""One unit-length float32 embedding."""
+
+Vectors = npt.NDArray[np.float32]
+"""Rows of unit-length float32 embeddings, one a text."""
+
+
+# --- embedder -------------------------------------------------------------------------------
+
+
+class Embedder(Protocol):
+    """Turns prompts into unit vectors; the semantic layer compares them by cosine."""
+
+    @property
+    def model_id(self) -> str:
+        """Names the embedding model; entries embedded by another model are never compared."""
+        ...
+
+    async def embed(self, texts: Sequence[str]) -> Vectors:
+        """Raises EmbedderUnavailable when the model cannot answer."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- vector index ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    entry_id: str
+    similarity: float
+
+
+class VectorIndex(Protocol):
+    """Nearest cached prompts within one partition (a pre-filter, never a post-filter)."""
+
+    def add(self, partition: str, entry_id: str, vector: Vector) -> None:
+        """Add or replace the vector of an entry (vectors are unit length)."""
+        ...
+
+    def remove(self, entry_id: str) -> None: ...
+
+    async def nearest(self, partition: str, vector: Vector, k: int = 1) -> list[Neighbour]:
+        """The k most similar entries of the partition, most similar first.
+
+        Async so that an index whose search costs more than a few tens of microseconds can run
+        it off the event loop.
+        """
+        ...
+
+    def __len__(self) -> int: ...
+
+
+# --- entry store ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    entry_id: str
+    partition: str
+    vector: Vector
+
+
+class EntryStore(Protocol):
+    """Cached answers with their embeddings; every failure raises StoreUnavailable."""
+
+    async def fetch_hit(self, entry_id: str) -> CachedEntry | None:
+        """The entry with its hit count raised by one, or None when there is none."""
+        ...
+
+    async def fetch(self, entry_id: str) -> CachedEntry | None:
+        """The entry as it is, for a layer that decides before it counts a hit."""
+        ...
+
+    async def record_hit(self, entry_id: str) -> int:
+        """Count a hit; the new count, or 0 when the entry is gone."""
+        ...
+
+    async def delete(self, entry_id: str) -> None: ...
+
+    async def put(
+        self, entry: CachedEntry, embedding: Vector | None, ttl_seconds: float | None
+    ) -> None: ...
+
+    def vectors(self, embedding_model: str) -> AsyncIterator[StoredVector]:
+        """Every stored embedding made by embedding_model, for rebuilding the index."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- LLM backend ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LLMFinish:
+    """The LLM's closing message: only its arrival proves the answer is complete."""
+
+    finish_reason: FinishReason
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+LLMEvent = TextDelta | LLMFinish
+
+RequestSent = Callable[[], None]
+"""Called once the request has left for the LLM: other work may start without delaying it."""
+
+
+class LLMBackend(Protocol):
+    def stream(
+        self, query: Query, on_sent: RequestSent | None = None
+    ) -> AsyncGenerator[LLMEvent, None]:
+        """Yield the answer's text as it is produced, then one LLMFinish.
+
+        Closing the iterator early must stop the generation. Failures raise LLMUnavailable,
+        LLMStreamBroken, ModelNotFound or LLMRejected. A backend that cannot tell when its
+        request left may never call on_sent; callers bound their wait for it.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- hit policy -----------------------------------------------------------------------------
+
+
+class HitPolicy(Protocol):
+    """Whether a semantic neighbour's answer answers the query.
+
+    A policy sees both prompts and their cosine, so guards against look-alike prompts work
+    without touching the semantic layer. The per-request threshold override is resolved before
+    a policy is asked (`semcache_server.core.policy.for_request`), so a policy has one rule.
+    """
+
+    @property
+    def floor(self) -> float:
+        """Below this similarity no candidate is even considered, so it is never fetched."""
+        ...
+
+    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict: ...

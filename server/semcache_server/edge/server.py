@@ -1,0 +1,42 @@
+"""The gRPC server: the semcache service, the standard health service and reflection."""
+
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from semcache.v1 import semcache_pb2, semcache_pb2_grpc
+
+from semcache_server.core.chain import CacheChain
+from semcache_server.edge.servicer import SemcacheServicer
+
+SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["SemcacheService"].full_name
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+class GrpcServer:
+    """A grpc.aio server carrying the semcache service, health and reflection, not yet started."""
+
+    def __init__(self, chain: CacheChain, host: str, port: int) -> None:
+        self.server = grpc.aio.server()
+        semcache_pb2_grpc.add_SemcacheServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            SemcacheServicer(chain), self.server
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.port: int = self.server.add_insecure_port(f"{host}:{port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float | None) -> None:
+        """Health says NOT_SERVING first, so balancers drain this replica, then calls finish."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
