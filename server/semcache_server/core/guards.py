@@ -12,6 +12,11 @@ ask different things. This module reads both prompts as words and reports two th
 
 Everything here is pure Python over short strings, so a comparison costs tens of microseconds;
 analyses are cached by text because cached prompts are compared again and again.
+
+The word lists (stopwords, negations, number words, opposites, ...) are package data, one plain-text
+file each in ``core/policies/words/``, read once at import; each file says what its list is for
+and what is deliberately left out. Only the tokenizer's grammar (contractions, clitics,
+punctuation) stays in code.
 """
 
 from __future__ import annotations
@@ -23,124 +28,35 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import resources
 
 
-def _listed(text: str) -> list[str]:
-    return text.split()
+def _table(name: str) -> tuple[tuple[str, ...], ...]:
+    """The rows of a word list in ``core/policies/words/``, each split into its fields.
 
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(_listed(text))
-
-
-# Function words: they carry grammar, not the topic, so a paraphrase may add or drop them freely.
-# Negations, comparison words and number words are deliberately absent: they change the answer.
-STOPWORDS = _words(
+    Read once at import, so no comparison touches the disk; blank lines and ``#`` comments are
+    skipped. The callers unpack every row, so a line with the wrong number of fields fails loudly.
     """
-    a about above across actually after again also am an and any anyone anything are as at
-    be been before being both but by can could did do does doing done during each either else
-    ever every everyone for from get gets getting go goes going got had has have having he her
-    here hers herself him himself his how i if in into is it its itself just know let like
-    likely me mine my myself need needs of on onto or our ours ourselves out over per please
-    possible really s she should so some someone something such t tell than that the their
-    theirs them themselves then there these they thing things this those through to too u
-    under up us use used using very via want was way ways we were what whats whatever when
-    where whether which while who whom whose why will with would yet you your yours yourself
-    yourselves
-    """
-)
+    path = resources.files("semcache_server.core") / "policies" / "words" / name
+    rows = (line.split() for line in path.read_text(encoding="utf-8").splitlines())
+    return tuple(tuple(row) for row in rows if row and not row[0].startswith("#"))
 
-NEGATIONS = _words("not no never none nobody nothing neither nor nowhere without non")
 
-# Number words that are unambiguous; "one", "first" and "second" are not (pronoun, adverb, time).
-_NUMBER_WORDS = {
-    word: str(value)
-    for value, word in enumerate(
-        _listed(
-            "zero _ two three four five six seven eight nine ten eleven twelve thirteen fourteen "
-            "fifteen sixteen seventeen eighteen nineteen twenty"
-        )
-    )
-    if word != "_"
-}
-_NUMBER_WORDS.update(
-    {
-        "thirty": "30",
-        "forty": "40",
-        "fifty": "50",
-        "sixty": "60",
-        "seventy": "70",
-        "eighty": "80",
-        "ninety": "90",
-        "hundred": "100",
-        "thousand": "1000",
-        "million": "1000000",
-        "billion": "1000000000",
-        "trillion": "1000000000000",
-        "dozen": "12",
-        "half": "0.5",
-        "third": "3th",
-        "fourth": "4th",
-        "fifth": "5th",
-        "sixth": "6th",
-        "seventh": "7th",
-        "eighth": "8th",
-        "ninth": "9th",
-        "tenth": "10th",
-        "twice": "2x",
-        "double": "2x",
-        "triple": "3x",
-    }
-)
-
-# Pairs of words whose exchange turns a question into another one. Hand-written and general:
-# opposites, converse relations, the two ends of common conversions.
-_OPPOSITES = """
-good bad, best worst, better worse, right wrong, true false, correct incorrect, pros cons,
-advantage disadvantage, positive negative, plus minus, more less, more fewer, most least,
-increase decrease, increase reduce, rise fall, gain lose, gain loss, profit loss, win lose,
-high low, higher lower, highest lowest, big small, large small, huge small, huge tiny,
-long short, tall short, old new, old young, rich poor, cheap expensive, easy hard,
-easy difficult, fast slow, faster slower, early late, hot cold, warm cool, wet dry, full empty,
-light dark, light heavy, thick thin, wide narrow, deep shallow, loud quiet, clean dirty,
-strong weak, safe dangerous, healthy unhealthy, happy sad, love hate, like dislike,
-legal illegal, possible impossible, visible invisible, valid invalid, real fake,
-natural artificial, permanent temporary, public private, internal external, input output,
-import export, upload download, send receive, buy sell, lend borrow, give take, push pull,
-open close, start stop, start end, begin end, first last, before after, above below, over under,
-inside outside, in out, into out, on off, onto off, up down, top bottom, upper lower,
-uppercase lowercase, front back, forward backward, ahead behind, near far, close far, left right,
-north south, east west, add remove, add subtract, multiply divide, enable disable,
-include exclude, allow deny, accept reject, pass fail, success failure, encrypt decrypt,
-compress decompress, encode decode, serialize deserialize, install uninstall, lock unlock,
-connect disconnect, sync async, synchronous asynchronous, client server, local remote,
-min max, minimum maximum, ascending descending, asc desc, always never, everyone nobody,
-all none, male female, man woman, men women, boy girl, boys girls, husband wife,
-father mother, son daughter, brother sister, king queen, he she, his her, him her,
-alive dead, life death, day night, morning evening, summer winter, spring autumn,
-sunrise sunset, past future, yesterday tomorrow, minor major, minority majority,
-celsius fahrenheit, kilometers miles, km miles, kg pounds, metric imperial, dollars euros,
-pounds kilograms, inches centimeters, feet meters, decimal binary, hex decimal,
-odd even, friend enemy, attack defend, offense defense, question answer, cause effect,
-arrive depart, entrance exit, inhale exhale, vertical horizontal, urban rural,
-domestic foreign, ancient modern, sweet sour, agree disagree, teach learn
-"""
-
-# Prefixes that negate the word they are glued to ("fold"/"unfold", "legal"/"illegal").
-_NEGATING_PREFIXES = ("un", "dis", "non", "non-", "in", "im", "il", "ir", "anti", "de")
+# What each list is for, and what it deliberately leaves out, is written at the top of its file.
+STOPWORDS = frozenset(word for (word,) in _table("stopwords.txt"))
+NEGATIONS = frozenset(word for (word,) in _table("negations.txt"))
+_NUMBER_WORDS = {word: value for word, value in _table("number-words.txt")}
+_OPPOSITES = tuple((a, b) for a, b in _table("opposites.txt"))
+_NEGATING_PREFIXES = tuple(prefix for (prefix,) in _table("negating-prefixes.txt"))
 _MIN_NEGATED_BASE = 5
-
-# Words joining two terms in a symmetric way: "X and Y" asks what "Y and X" asks.
-_SYMMETRIC_LINKS = frozenset(
-    {"and", "or", "&", ",", "/", "vs", "versus", "with", "between", "among", "nor"}
-)
+_SYMMETRIC_LINKS = frozenset(word for (word,) in _table("symmetric-links.txt"))
 _MAX_LINK_WORDS = 3
 _MAX_PHRASE_WORDS = 3
 _MIN_NAME_PREFIX = 4
-_ARTICLES = frozenset({"a", "an", "the"})
-
-# Questions whose answer is of a different kind: a time, a place, a person, a reason.
-_ANSWER_KINDS = frozenset({"when", "where", "who", "whom", "why"})
+_ARTICLES = frozenset(word for (word,) in _table("articles.txt"))
+_ANSWER_KINDS = frozenset(word for (word,) in _table("answer-kinds.txt"))
+_ROMAN = {numeral: value for numeral, value in _table("roman-numerals.txt")}
+_ROMAN_CUES = frozenset(word for (word,) in _table("roman-cues.txt"))
 
 _TOKEN = re.compile(
     r"\d+(?:[.,:]\d+)*(?:st|nd|rd|th|s|k|m|x|%)?"  # numbers, 3rd, 1990s, 10k, 2x, 50%
@@ -220,8 +136,8 @@ def stem(word: str) -> str:
 def _opposites_by_stem() -> dict[str, frozenset[str]]:
     """The opposites table keyed by stem, so "uploading" meets "downloads"."""
     table: dict[str, frozenset[str]] = {}
-    for pair in _OPPOSITES.replace("\n", " ").split(","):
-        a, b = (stem(word) for word in pair.split())
+    for first, second in _OPPOSITES:
+        a, b = stem(first), stem(second)
         table[a] = table.get(a, frozenset()) | {b}
         table[b] = table.get(b, frozenset()) | {a}
     return table
@@ -231,19 +147,6 @@ OPPOSITES = _opposites_by_stem()
 
 
 _NUMBER = re.compile(r"(\d+(?:\.\d+)*)(st|nd|rd|th|s)?")
-
-
-_ROMAN = {
-    numeral: str(value)
-    for value, numeral in enumerate(
-        _listed("_ I II III IV V VI VII VIII IX X XI XII XIII XIV XV XVI XVII XVIII XIX XX")
-    )
-    if numeral != "_"
-}
-# A lone I, V or X is a letter or a pronoun, except after words that take a numeral.
-_ROMAN_CUES = _words(
-    "level type class phase part war grade stage chapter volume season tier book act"
-)
 
 
 def _roman(raw: str, previous: str) -> str | None:
