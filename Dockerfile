@@ -16,7 +16,8 @@ WORKDIR /src
 COPY client ./client
 COPY server ./server
 COPY pyproject.toml README.md ./
-RUN pip install ./client . \
+# One install: the server requires ./client by path (pyproject.toml) and brings the model weights.
+RUN pip install . \
     && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /var/lib/semcache --create-home semcache
 

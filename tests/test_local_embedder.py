@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import pytest
+from safetensors import safe_open
 from semcache_server.adapters.embedders.local import LocalEmbedder
 from semcache_server.adapters.embedders.minilm_onnx import (
     MiniLMOnnxModel,
@@ -85,6 +86,27 @@ def test_standalone_graph_matches_loaded_model(model: MiniLMOnnxModel) -> None:
     )
     expected = model.encode(["hello world", "how are you"])
     assert _cosines(got, expected).min() >= 0.99999
+
+
+def test_default_model_is_the_packaged_float16_copy(model: MiniLMOnnxModel) -> None:
+    # The server needs no other distribution: weights, tokenizer, configs and licence ship in
+    # the package, the weights halved to float16 (load() upcasts them; the model fixture loaded
+    # them and test_matches_sentence_transformers checked the result).
+    directory = default_model_dir()
+    shipped = {path.name for path in directory.iterdir()}
+    assert {
+        "model.safetensors",
+        "tokenizer.json",
+        "config.json",
+        "sentence_bert_config.json",
+        "NOTICE.md",
+        "LICENSE",
+    } <= shipped
+    with safe_open(str(directory / "model.safetensors"), framework="np") as weights:
+        # safe_open has keys() but is not iterable, hence the noqa.
+        dtypes = {weights.get_slice(name).get_dtype() for name in weights.keys()}  # noqa: SIM118
+    assert dtypes == {"F16", "I64"}  # I64: position_ids, unused by the graph
+    assert model.dimensions == DIMENSIONS
 
 
 def test_empty_input_gives_empty_matrix(model: MiniLMOnnxModel) -> None:

