@@ -49,13 +49,14 @@ from semcache_server.calibration.data import (
 )
 from semcache_server.core.domain import (
     CacheControl,
+    Candidate,
     EmbedderUnavailable,
     FinishReason,
+    Judgement,
     Query,
     SemanticStatus,
     Source,
     TextDelta,
-    Verdict,
 )
 from semcache_server.core.policy import (
     CalibratedPolicy,
@@ -127,11 +128,15 @@ class TimedPolicy:
     def floor(self) -> float:
         return self.inner.floor
 
-    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict:
+    @property
+    def candidates(self) -> int:
+        return self.inner.candidates
+
+    async def judge(self, prompt: str, candidates: Sequence[Candidate]) -> Judgement:
         started = time.perf_counter()
-        verdict = await self.inner.judge(prompt, candidate, similarity)
+        judgement = await self.inner.judge(prompt, candidates)
         self.seconds.append(time.perf_counter() - started)
-        return verdict
+        return judgement
 
 
 @dataclass

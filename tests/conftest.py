@@ -18,6 +18,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from semcache_server import app
 from semcache_server.adapters.embedders.local import LocalEmbedder
+from semcache_server.adapters.verifiers import pair
+from semcache_server.adapters.verifiers.pair import PairVerifier
+from semcache_server.core.ports import Verifier
 from semcache_server.settings import Settings
 from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
@@ -27,6 +30,12 @@ from semcache_server.testing.redis_process import RedisProcess
 def embedder() -> LocalEmbedder:
     """Loaded once: building the model takes a second or two."""
     return LocalEmbedder.load()
+
+
+@pytest.fixture(scope="session")
+def verifier() -> Verifier | None:
+    """The shipped pair verifier, loaded once; None in an install without its weights."""
+    return PairVerifier.load() if pair.shipped() else None
 
 
 @pytest.fixture(scope="session")
@@ -57,6 +66,7 @@ class Running:
     stub: semcache_pb2_grpc.SemcacheServiceStub
     settings: Settings
     embedder: LocalEmbedder
+    verifier: Verifier | None = None
 
     @property
     def target(self) -> str:
@@ -68,15 +78,17 @@ class Running:
 
     async def restart(self) -> None:
         await self.stop()
-        fresh = await start_service(self.settings, self.embedder)
+        fresh = await start_service(self.settings, self.embedder, self.verifier)
         self.service, self.channel, self.stub = fresh.service, fresh.channel, fresh.stub
 
 
-async def start_service(settings: Settings, embedder: LocalEmbedder) -> Running:
-    service = await app.start(settings, embedder=embedder)
+async def start_service(
+    settings: Settings, embedder: LocalEmbedder, verifier: Verifier | None = None
+) -> Running:
+    service = await app.start(settings, embedder=embedder, verifier=verifier)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
     stub = semcache_pb2_grpc.SemcacheServiceStub(channel)  # type: ignore[no-untyped-call]
-    return Running(service, channel, stub, settings, embedder)
+    return Running(service, channel, stub, settings, embedder, verifier)
 
 
 def service_settings(redis: RedisProcess, ollama: FakeOllama, **overrides: object) -> Settings:
@@ -93,8 +105,11 @@ def service_settings(redis: RedisProcess, ollama: FakeOllama, **overrides: objec
 
 @pytest_asyncio.fixture
 async def semcache(
-    redis_process: RedisProcess, ollama: FakeOllama, embedder: LocalEmbedder
+    redis_process: RedisProcess,
+    ollama: FakeOllama,
+    embedder: LocalEmbedder,
+    verifier: Verifier | None,
 ) -> AsyncIterator[Running]:
-    running = await start_service(service_settings(redis_process, ollama), embedder)
+    running = await start_service(service_settings(redis_process, ollama), embedder, verifier)
     yield running
     await running.stop()

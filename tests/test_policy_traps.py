@@ -26,7 +26,7 @@ from semcache_server.calibration.data import (
     read_pairs,
 )
 from semcache_server.core import guards, keys
-from semcache_server.core.domain import CacheControl, Query, SemanticStatus, Verdict
+from semcache_server.core.domain import CacheControl, Candidate, Query, SemanticStatus, Verdict
 from semcache_server.core.layers import SemanticLayer
 from semcache_server.core.policy import (
     FALLBACK_THRESHOLD,
@@ -90,7 +90,10 @@ async def verdict(
     policy: HitPolicy, threshold: float | None, prompt: str, candidate: str, similarity: float
 ) -> Verdict:
     """The verdict on one pair under a request's threshold override (None: the policy's own)."""
-    return await for_request(policy, threshold).judge(prompt, candidate, similarity)
+    judgement = await for_request(policy, threshold).judge(
+        prompt, [Candidate(candidate, similarity)]
+    )
+    return judgement.verdict
 
 
 async def judge_all(

@@ -12,7 +12,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
 
 from semcache_server.adapters.embedded_redis import EmbeddedRedis
 from semcache_server.adapters.indexes.exact import ExactIndex
@@ -22,7 +26,15 @@ from semcache_server.core.chain import CacheChain, ChainSettings
 from semcache_server.core.domain import StoreUnavailable
 from semcache_server.core.layers import ExactLayer, OutageLog, SemanticLayer
 from semcache_server.core.policy import default_policy
-from semcache_server.core.ports import Embedder, EntryStore, HitPolicy, LLMBackend, VectorIndex
+from semcache_server.core.ports import (
+    Embedder,
+    EntryStore,
+    HitPolicy,
+    Judge,
+    LLMBackend,
+    VectorIndex,
+    Verifier,
+)
 from semcache_server.core.validation import Limits
 from semcache_server.edge.server import GrpcServer
 from semcache_server.settings import Settings
@@ -45,6 +57,50 @@ def build_embedder(settings: Settings, *, threads: int = 1) -> Embedder:
     raise ValueError(f"unknown embedder {settings.embedder!r}: use 'local' or 'ollama'")
 
 
+def build_verifier(settings: Settings) -> Verifier | None:
+    """The pair verifier the settings ask for, when its weights ship (blocking: loads a model)."""
+    if settings.verifier == "off":
+        return None
+    from semcache_server.adapters.verifiers import pair
+
+    if not pair.shipped():
+        log.warning(
+            "no pair verifier weights in this install; semantic hits use the lexical policy"
+        )
+        return None
+    return pair.PairVerifier.load()
+
+
+@dataclass(frozen=True)
+class PairScoring:
+    """The pair verifier as offline tools use it: synchronous, batched, all cores."""
+
+    model_id: str
+    weights_sha256: str
+    logits: Callable[[Sequence[tuple[str, str]]], npt.NDArray[np.float32]]
+
+
+def load_pair_scoring(threads: int) -> PairScoring:
+    """The shipped pair verifier for calibration and benchmarks (blocking: loads the model)."""
+    import hashlib
+
+    from semcache_server.adapters.verifiers import pair
+
+    weights = pair.default_verifier_dir() / "model.safetensors"
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    return PairScoring(pair.MODEL_ID, digest, pair.PairModel.load(threads=threads).logits)
+
+
+def build_judge(settings: Settings) -> Judge | None:
+    if settings.judge_model is None:
+        return None
+    from semcache_server.adapters.ollama_llm import DEFAULT_OLLAMA_HOST
+    from semcache_server.adapters.verifiers.ollama_judge import OllamaJudge
+
+    host = settings.ollama_host or DEFAULT_OLLAMA_HOST
+    return OllamaJudge(host, settings.judge_model, settings.judge_timeout)
+
+
 def build_llm(settings: Settings) -> LLMBackend:
     return OllamaBackend(settings.ollama_host, connect_timeout=settings.ollama_connect_timeout)
 
@@ -59,7 +115,7 @@ class Cache:
     policy: HitPolicy
     embedder: Embedder
     store_outages: OutageLog
-    owned: list[Embedder | LLMBackend | EntryStore] = field(default_factory=list)
+    owned: list[Embedder | LLMBackend | EntryStore | Verifier | Judge] = field(default_factory=list)
 
     async def aclose(self) -> None:
         """Closes the parts built here, not those handed in."""
@@ -76,9 +132,10 @@ async def build_cache(
     llm: LLMBackend | None = None,
     policy: HitPolicy | None = None,
     index: VectorIndex | None = None,
+    verifier: Verifier | None = None,
 ) -> Cache:
     """Wire the chain: exact layer and semantic layer over one store, then the LLM."""
-    owned: list[Embedder | LLMBackend | EntryStore] = []
+    owned: list[Embedder | LLMBackend | EntryStore | Verifier | Judge] = []
     store = RedisEntryStore.from_url(redis_url, timeout=settings.redis_timeout)
     owned.append(store)
     if embedder is None:
@@ -89,7 +146,16 @@ async def build_cache(
         llm = build_llm(settings)
         owned.append(llm)
     if policy is None:
-        policy = default_policy(embedder.model_id, settings.similarity_threshold)
+        if settings.verifier == "off":
+            verifier = None
+        elif verifier is None and settings.similarity_threshold is None:
+            verifier = await asyncio.to_thread(build_verifier, settings)
+            if verifier is not None:
+                owned.append(verifier)
+        judge = build_judge(settings) if verifier is not None else None
+        if judge is not None:
+            owned.append(judge)
+        policy = default_policy(embedder.model_id, settings.similarity_threshold, verifier, judge)
     store_outages = OutageLog("Redis")
     semantic = SemanticLayer(
         embedder,
@@ -151,9 +217,12 @@ async def _load_index(semantic: SemanticLayer, retry_seconds: float) -> bool:
 
 
 async def start(
-    settings: Settings, embedder: Embedder | None = None, llm: LLMBackend | None = None
+    settings: Settings,
+    embedder: Embedder | None = None,
+    llm: LLMBackend | None = None,
+    verifier: Verifier | None = None,
 ) -> Service:
-    """Start a service; tests hand in a shared embedder to load the model once."""
+    """Start a service; tests hand in a shared embedder and verifier to load the models once."""
     async with contextlib.AsyncExitStack() as undo:  # unwinds only if start-up fails
         embedded = None
         redis_url = settings.redis_url
@@ -161,7 +230,9 @@ async def start(
             embedded = EmbeddedRedis(settings.state_dir)
             redis_url = await asyncio.to_thread(embedded.start)
             undo.push_async_callback(asyncio.to_thread, embedded.stop)
-        cache = await build_cache(settings, redis_url, embedder=embedder, llm=llm)
+        cache = await build_cache(
+            settings, redis_url, embedder=embedder, llm=llm, verifier=verifier
+        )
         undo.push_async_callback(cache.aclose)
         server = GrpcServer(cache.chain, settings.host, settings.port)
         undo.pop_all()

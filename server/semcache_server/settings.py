@@ -81,6 +81,27 @@ class Settings:
         env="SEMCACHE_OLLAMA_EMBED_MODEL",
         help="The model of the ollama embedder.",
     )
+    verifier: str = setting(
+        "local",
+        flag="--verifier",
+        env="SEMCACHE_VERIFIER",
+        help="local: the pair verifier (a MiniLM cross-encoder in-process) decides semantic hits "
+        "in the embedder's gray zone; off: the lexical calibrated policy instead.",
+        choices=("local", "off"),
+    )
+    judge_model: str | None = setting(
+        None,
+        flag="--judge-model",
+        env="SEMCACHE_JUDGE_MODEL",
+        help="An Ollama model asked, where the verifier is unsure, whether a cached answer fits. "
+        "Unset: no judge.",
+    )
+    judge_timeout: float = setting(
+        2.0,
+        flag="--judge-timeout",
+        env="SEMCACHE_JUDGE_TIMEOUT",
+        help="Seconds the judge may take; a late or failed judge means a miss.",
+    )
     similarity_threshold: float | None = setting(
         None,
         flag="--similarity-threshold",

@@ -40,6 +40,14 @@ class SemanticStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEMANTIC_STATUS_SKIPPED_TEMPERATURE: _ClassVar[SemanticStatus]
     SEMANTIC_STATUS_SKIPPED_LOOKUP: _ClassVar[SemanticStatus]
     SEMANTIC_STATUS_UNAVAILABLE: _ClassVar[SemanticStatus]
+
+class SemanticCheck(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEMANTIC_CHECK_UNSPECIFIED: _ClassVar[SemanticCheck]
+    SEMANTIC_CHECK_COSINE: _ClassVar[SemanticCheck]
+    SEMANTIC_CHECK_GUARD: _ClassVar[SemanticCheck]
+    SEMANTIC_CHECK_VERIFIER: _ClassVar[SemanticCheck]
+    SEMANTIC_CHECK_JUDGE: _ClassVar[SemanticCheck]
 SOURCE_UNSPECIFIED: Source
 SOURCE_EXACT: Source
 SOURCE_SEMANTIC: Source
@@ -58,6 +66,11 @@ SEMANTIC_STATUS_SKIPPED_HISTORY: SemanticStatus
 SEMANTIC_STATUS_SKIPPED_TEMPERATURE: SemanticStatus
 SEMANTIC_STATUS_SKIPPED_LOOKUP: SemanticStatus
 SEMANTIC_STATUS_UNAVAILABLE: SemanticStatus
+SEMANTIC_CHECK_UNSPECIFIED: SemanticCheck
+SEMANTIC_CHECK_COSINE: SemanticCheck
+SEMANTIC_CHECK_GUARD: SemanticCheck
+SEMANTIC_CHECK_VERIFIER: SemanticCheck
+SEMANTIC_CHECK_JUDGE: SemanticCheck
 
 class Turn(_message.Message):
     __slots__ = ("role", "content")
@@ -110,7 +123,7 @@ class AskRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., cache: _Optional[_Union[CacheControl, _Mapping]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("text", "source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "stored", "finish_reason", "hits", "semantic_status")
+    __slots__ = ("text", "source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "stored", "finish_reason", "hits", "semantic_status", "decided_by", "verifier_score", "judge_duration")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +136,9 @@ class AskResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_STATUS_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_SCORE_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_DURATION_FIELD_NUMBER: _ClassVar[int]
     text: str
     source: Source
     similarity: float
@@ -135,7 +151,10 @@ class AskResponse(_message.Message):
     finish_reason: FinishReason
     hits: int
     semantic_status: SemanticStatus
-    def __init__(self, text: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stored: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ...) -> None: ...
+    decided_by: SemanticCheck
+    verifier_score: float
+    judge_duration: _duration_pb2.Duration
+    def __init__(self, text: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stored: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ..., decided_by: _Optional[_Union[SemanticCheck, str]] = ..., verifier_score: _Optional[float] = ..., judge_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AskStreamRequest(_message.Message):
     __slots__ = ("prompt", "model", "system", "options", "history", "cache")
@@ -154,7 +173,7 @@ class AskStreamRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., cache: _Optional[_Union[CacheControl, _Mapping]] = ...) -> None: ...
 
 class AskStreamStart(_message.Message):
-    __slots__ = ("source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "hits", "semantic_status")
+    __slots__ = ("source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "hits", "semantic_status", "decided_by", "verifier_score", "judge_duration")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     MATCHED_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +183,9 @@ class AskStreamStart(_message.Message):
     LOOKUP_DURATION_FIELD_NUMBER: _ClassVar[int]
     HITS_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_STATUS_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    VERIFIER_SCORE_FIELD_NUMBER: _ClassVar[int]
+    JUDGE_DURATION_FIELD_NUMBER: _ClassVar[int]
     source: Source
     similarity: float
     matched_prompt: str
@@ -173,7 +195,10 @@ class AskStreamStart(_message.Message):
     lookup_duration: _duration_pb2.Duration
     hits: int
     semantic_status: SemanticStatus
-    def __init__(self, source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ...) -> None: ...
+    decided_by: SemanticCheck
+    verifier_score: float
+    judge_duration: _duration_pb2.Duration
+    def __init__(self, source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ..., decided_by: _Optional[_Union[SemanticCheck, str]] = ..., verifier_score: _Optional[float] = ..., judge_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AskStreamDelta(_message.Message):
     __slots__ = ("text",)

@@ -45,6 +45,7 @@ from semcache_server.calibration.fitting import (
 )
 from semcache_server.core.policy import CalibratedPolicy
 from semcache_server.core.ports import Embedder
+from semcache_server.core.verified_policy import VerifiedPolicy
 from semcache_server.settings import Settings
 
 
@@ -120,6 +121,53 @@ async def calibrate_async(
     )
 
 
+async def calibrate_verified_async(
+    data: Sequence[Path],
+    *,
+    target_precision: float,
+    split: str = "calibration",
+    limit: int | None = None,
+    cache_dir: Path | None = None,
+    guards: Sequence[str] = (),
+) -> VerifiedPolicy:
+    """Fit the verified policy of the local embedder and the shipped pair verifier.
+
+    Save it as ``semcache_server/core/policies/`` + `verified_policy_file_name`.
+    """
+    from semcache_server.app import load_pair_scoring
+    from semcache_server.calibration.verified import choose_verified, concat, looked_file
+
+    embedder = open_embedder("local")
+    scoring = load_pair_scoring(threads=os.cpu_count() or 1)
+    tag = scoring.weights_sha256
+    try:
+        parts = []
+        for path in data:
+            prepared = await prepare_file(
+                path, embedder, split=split, limit=limit, cache_dir=cache_dir
+            )
+            parts.append(
+                looked_file(prepared, scoring.logits, verifier_tag=tag[:16], cache_dir=cache_dir)
+            )
+    finally:
+        await embedder.aclose()
+    policy, _ = choose_verified(
+        concat(parts),
+        embedder.model_id,
+        scoring.model_id,
+        target_precision=target_precision,
+        guards=guards,
+    )
+    provenance = {
+        "data": [path.name for path in data],
+        "split": split,
+        "limit": limit,
+        "verifier_weights_sha256": tag,
+        **policy.provenance,
+    }
+    return VerifiedPolicy.from_json({**policy.to_json(), "provenance": provenance})
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semcache calibrate",
@@ -136,12 +184,42 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=SPLITS, default="calibration")
     parser.add_argument("--limit", type=int, default=None, help="first N pairs of each file")
     parser.add_argument("--embedding-cache", type=Path, default=None, help="directory for .npy")
+    parser.add_argument(
+        "--verifier",
+        action="store_true",
+        help="fit the verified policy (the local embedder and the shipped pair verifier)",
+    )
+    parser.add_argument(
+        "--guard", action="append", default=[], help="with --verifier: a guard kind that vetoes"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = _parser().parse_args(argv)
+    if args.verifier:
+        verified = asyncio.run(
+            calibrate_verified_async(
+                args.data,
+                target_precision=args.target_precision,
+                split=args.split,
+                limit=args.limit,
+                cache_dir=args.embedding_cache,
+                guards=args.guard,
+            )
+        )
+        text = json.dumps(verified.to_json(), indent=2) + "\n"
+        if args.out is not None:
+            args.out.write_text(text, encoding="utf-8")
+        else:
+            print(text)
+        print(
+            f"verified: floor {verified.floor}, cutoff {verified.cutoff}, on the {args.split} "
+            f"split: {verified.provenance['score_on_calibration']}",
+            file=sys.stderr,
+        )
+        return 0
     policy = asyncio.run(
         calibrate_async(
             args.data,

@@ -36,7 +36,11 @@ class LabelledPair:
 
 
 def read_pairs(path: Path, limit: int | None = None) -> list[LabelledPair]:
-    """The pairs of a data file, in file order (the first `limit` when given)."""
+    """The pairs of a data file, in file order (the first `limit` when given).
+
+    The label is "duplicate" (the shared files) or "hit" (the trap and paraphrase sets in
+    tests/data): whether the cached prompt's answer answers the query.
+    """
     pairs: list[LabelledPair] = []
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, 1):
@@ -46,7 +50,8 @@ def read_pairs(path: Path, limit: int | None = None) -> list[LabelledPair]:
                 continue
             try:
                 raw = json.loads(line)
-                pairs.append(LabelledPair(raw["query"], raw["cached"], bool(raw["duplicate"])))
+                label = raw["duplicate"] if "duplicate" in raw else raw["hit"]
+                pairs.append(LabelledPair(raw["query"], raw["cached"], bool(label)))
             except (ValueError, KeyError, TypeError) as error:
                 raise ValueError(f"{path}:{number}: not a labelled pair: {error}") from None
     return pairs

@@ -22,6 +22,7 @@ from semcache_server.core.domain import (
     CachedEntry,
     Completion,
     FinishReason,
+    Judgement,
     Origin,
     Query,
     SemanticStatus,
@@ -132,6 +133,7 @@ class CacheChain:
         entry_id = keys.entry_id(query)
         semantic = self._semantic.begin(query, control)
         status = semantic.skipped
+        judgement: Judgement | None = None
         llm: PrefetchedStream | None = None
         try:
             if not control.skip_lookup:
@@ -146,7 +148,7 @@ class CacheChain:
                         # a hit cancels the call before it has produced anything to waste.
                         llm = await self._start_llm(query)
                     outcome = await semantic.lookup()
-                    status = outcome.status
+                    status, judgement = outcome.status, outcome.judgement
                     if outcome.hit is not None:
                         if llm is not None:
                             await llm.aclose()
@@ -156,6 +158,7 @@ class CacheChain:
                             outcome.hit.similarity,
                             started,
                             status,
+                            outcome.judgement,
                         ):
                             yield event
                         return
@@ -167,6 +170,9 @@ class CacheChain:
                 model=query.model,
                 lookup_seconds=time.monotonic() - started,
                 semantic_status=status,
+                decided_by=judgement.decided_by if judgement else None,
+                verifier_score=judgement.score if judgement else None,
+                judge_seconds=judgement.judge_seconds if judgement else None,
             )
             async for event in self._generate(control, entry_id, semantic, started, llm.events()):
                 yield event
@@ -192,6 +198,7 @@ class CacheChain:
         similarity: float,
         started: float,
         semantic_status: SemanticStatus | None,
+        judgement: Judgement | None = None,
     ) -> AsyncGenerator[AnswerEvent, None]:
         yield Origin(
             source=source,
@@ -203,6 +210,9 @@ class CacheChain:
             cached_at=entry.created_at,
             hits=entry.hits,
             semantic_status=semantic_status,
+            decided_by=judgement.decided_by if judgement else None,
+            verifier_score=judgement.score if judgement else None,
+            judge_seconds=judgement.judge_seconds if judgement else None,
         )
         size = self._settings.replay_chunk_chars
         for offset in range(0, len(entry.text), size):

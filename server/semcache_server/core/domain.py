@@ -51,6 +51,41 @@ class Verdict(enum.Enum):
     """Close enough by cosine, but a guard found the prompts ask different things."""
 
 
+class Check(enum.Enum):
+    """Which check decided a semantic verdict."""
+
+    COSINE = "cosine"
+    """The similarity alone: too far, or a plain threshold."""
+    GUARD = "guard"
+    """A lexical guard found the prompts ask different things."""
+    VERIFIER = "verifier"
+    """The pair verifier, read together with the cosine."""
+    JUDGE = "judge"
+    """The LLM judge, asked where the verifier was unsure."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A cached prompt near the query, as a hit policy sees it."""
+
+    prompt: str
+    similarity: float
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """A hit policy's decision over the candidates it was shown."""
+
+    verdict: Verdict
+    decided_by: Check
+    chosen: int | None = None
+    """Index of the candidate that hits (only with Verdict.HIT)."""
+    score: float | None = None
+    """The verifier's estimate that the best candidate's answer answers the query, if it ran."""
+    judge_seconds: float | None = None
+    """How long the LLM judge took, when it was asked."""
+
+
 class Role(enum.Enum):
     USER = "user"
     ASSISTANT = "assistant"
@@ -148,6 +183,10 @@ class Origin:
     cached_at: float | None = None
     hits: int = 0
     semantic_status: SemanticStatus | None = None
+    decided_by: Check | None = None
+    """For a searched semantic layer: which check accepted or refused the nearest candidate."""
+    verifier_score: float | None = None
+    judge_seconds: float | None = None
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from semcache_server.core import keys
 from semcache_server.core.domain import (
     CacheControl,
     CachedEntry,
+    Candidate,
     EmbedderUnavailable,
+    Judgement,
     Query,
     SemanticStatus,
     StoreUnavailable,
@@ -75,6 +77,8 @@ class SemanticHit:
 class SemanticOutcome:
     hit: SemanticHit | None
     status: SemanticStatus
+    judgement: Judgement | None = None
+    """The policy's decision, when a candidate was near enough to be judged."""
 
 
 _SEARCHED_MISS = SemanticOutcome(None, SemanticStatus.SEARCHED)
@@ -149,30 +153,39 @@ class SemanticLayer:
     async def _search(
         self, request: SemanticRequest, vector: Vector, policy: HitPolicy
     ) -> SemanticOutcome:
-        neighbours = await self._index.nearest(request.partition, vector, k=1)
-        if not neighbours or neighbours[0].similarity < policy.floor:
+        neighbours = await self._index.nearest(request.partition, vector, k=policy.candidates)
+        near = [n for n in neighbours if n.similarity >= policy.floor]
+        if not near:
             return _SEARCHED_MISS
-        nearest = neighbours[0]
         try:
-            entry = await self._store.fetch(nearest.entry_id)
-            if entry is None:  # expired or deleted behind the index's back
-                self._index.remove(nearest.entry_id)
+            entries: list[tuple[CachedEntry, float]] = []
+            for neighbour in near:
+                entry = await self._store.fetch(neighbour.entry_id)
+                if entry is None:  # expired or deleted behind the index's back
+                    self._index.remove(neighbour.entry_id)
+                elif entry.partition == request.partition:
+                    entries.append((entry, neighbour.similarity))
+            if not entries:
                 return _SEARCHED_MISS
-            if entry.partition != request.partition:
-                return _SEARCHED_MISS
-            verdict = await policy.judge(request.query.prompt, entry.prompt, nearest.similarity)
-            if verdict is Verdict.REJECTED_BY_GUARD:
-                return SemanticOutcome(None, SemanticStatus.REJECTED_BY_GUARD)
-            if verdict is not Verdict.HIT:
-                return _SEARCHED_MISS
+            judgement = await policy.judge(
+                request.query.prompt,
+                [Candidate(entry.prompt, similarity) for entry, similarity in entries],
+            )
+            if judgement.verdict is not Verdict.HIT or judgement.chosen is None:
+                status = (
+                    SemanticStatus.REJECTED_BY_GUARD
+                    if judgement.verdict is Verdict.REJECTED_BY_GUARD
+                    else SemanticStatus.SEARCHED
+                )
+                return SemanticOutcome(None, status, judgement)
+            entry, similarity = entries[judgement.chosen]
             hits = await self._store.record_hit(entry.entry_id)
         except StoreUnavailable as error:
             self._store_outages.failed(error)
             return _UNAVAILABLE
         self._store_outages.succeeded()
-        return SemanticOutcome(
-            SemanticHit(replace(entry, hits=hits), nearest.similarity), SemanticStatus.SEARCHED
-        )
+        hit = SemanticHit(replace(entry, hits=hits), similarity)
+        return SemanticOutcome(hit, SemanticStatus.SEARCHED, judgement)
 
     async def _write(
         self, entry: CachedEntry, vector: Vector | None, ttl_seconds: float | None

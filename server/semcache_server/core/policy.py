@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from semcache_server.core import guards
-from semcache_server.core.domain import Verdict
-from semcache_server.core.ports import HitPolicy
+from semcache_server.core.domain import Candidate, Check, Judgement, Verdict
+from semcache_server.core.ports import HitPolicy, Judge, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,24 @@ between embedding models, so an unknown one gets a strict setting rather than a 
 POLICY_FORMAT = 1
 
 
-class ThresholdPolicy:
+class OneCandidate:
+    """A policy that looks at the nearest candidate only, through its `verdict`."""
+
+    @property
+    def candidates(self) -> int:
+        return 1
+
+    async def judge(self, prompt: str, candidates: Sequence[Candidate]) -> Judgement:
+        nearest = candidates[0]
+        verdict = self.verdict(prompt, nearest.prompt, nearest.similarity)
+        decided_by = Check.GUARD if verdict is Verdict.REJECTED_BY_GUARD else Check.COSINE
+        return Judgement(verdict, decided_by, 0 if verdict is Verdict.HIT else None)
+
+    def verdict(self, prompt: str, candidate: str, similarity: float) -> Verdict:
+        raise NotImplementedError
+
+
+class ThresholdPolicy(OneCandidate):
     """A static cosine threshold: the baseline every other policy is measured against."""
 
     def __init__(self, threshold: float) -> None:
@@ -65,7 +82,7 @@ class ThresholdPolicy:
     def floor(self) -> float:
         return self.threshold
 
-    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict:
+    def verdict(self, prompt: str, candidate: str, similarity: float) -> Verdict:
         return Verdict.HIT if similarity >= min(self.threshold, IDENTICAL) else Verdict.TOO_FAR
 
 
@@ -87,7 +104,7 @@ def threshold_verdict(prompt: str, candidate: str, similarity: float, threshold:
     return guard_verdict(prompt, candidate)
 
 
-class GuardedThresholdPolicy:
+class GuardedThresholdPolicy(OneCandidate):
     """A static cosine threshold plus the lexical guards (see the module docstring)."""
 
     def __init__(self, threshold: float) -> None:
@@ -98,21 +115,21 @@ class GuardedThresholdPolicy:
     def floor(self) -> float:
         return min(self.threshold, IDENTICAL)
 
-    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict:
+    def verdict(self, prompt: str, candidate: str, similarity: float) -> Verdict:
         return threshold_verdict(prompt, candidate, similarity, self.threshold)
 
     def __repr__(self) -> str:
         return f"GuardedThresholdPolicy({self.threshold})"
 
 
-class ExactOnlyPolicy:
+class ExactOnlyPolicy(OneCandidate):
     """Threshold 0, for the server or one request: no semantic hits, so no semantic search."""
 
     @property
     def floor(self) -> float:
         return math.inf
 
-    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict:
+    def verdict(self, prompt: str, candidate: str, similarity: float) -> Verdict:
         return Verdict.TOO_FAR
 
     def __repr__(self) -> str:
@@ -152,7 +169,7 @@ class GrayZoneModel:
 
 
 @dataclass(frozen=True)
-class CalibratedPolicy:
+class CalibratedPolicy(OneCandidate):
     """The default policy: guards everywhere, a learned gray zone, fitted per embedder."""
 
     embedder: str
@@ -175,7 +192,7 @@ class CalibratedPolicy:
     def floor(self) -> float:
         return self.gray_floor
 
-    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict:
+    def verdict(self, prompt: str, candidate: str, similarity: float) -> Verdict:
         return self.decide(prompt, candidate, similarity)
 
     def decide(self, prompt: str, candidate: str, similarity: float) -> Verdict:
@@ -269,18 +286,54 @@ def _check_threshold(threshold: float) -> None:
         raise ValueError(f"a similarity threshold must be in [0, 1], got {threshold}")
 
 
-def default_policy(embedder_model_id: str, threshold: float | None = None) -> HitPolicy:
+def shipped_policy_json(file_name: str) -> dict[str, Any] | None:
+    """A policy file shipped in the package, parsed, or None when there is none."""
+    entry = resources.files("semcache_server.core") / "policies" / file_name
+    if not entry.is_file():
+        return None
+    raw: dict[str, Any] = json.loads(entry.read_text(encoding="utf-8"))
+    return raw
+
+
+def verified_policy_file_name(embedder_model_id: str, verifier_model_id: str) -> str:
+    """ "local/all-MiniLM-L6-v2" + "local/minilm-pair-verifier" ->
+    "local--all-MiniLM-L6-v2+local--minilm-pair-verifier.json"."""
+    return (
+        policy_file_name(embedder_model_id).removesuffix(".json")
+        + "+"
+        + policy_file_name(verifier_model_id)
+    )
+
+
+def default_policy(
+    embedder_model_id: str,
+    threshold: float | None = None,
+    verifier: Verifier | None = None,
+    judge: Judge | None = None,
+) -> HitPolicy:
     """The policy a server runs with.
 
     threshold is the operator's ``--similarity-threshold``: when set, a guarded static threshold
-    at that value (0 = exact matches only); when None, the policy calibrated for this embedder,
-    or a strict guarded threshold (FALLBACK_THRESHOLD) for an embedder nobody calibrated.
+    at that value (0 = exact matches only). When None: with a verifier, the verified policy
+    fitted for this embedder and verifier; else the lexical policy calibrated for this embedder;
+    else a strict guarded threshold (FALLBACK_THRESHOLD) for an embedder nobody calibrated.
     """
     if threshold is not None:
         _check_threshold(threshold)
         if threshold == 0:
             return EXACT_ONLY
         return GuardedThresholdPolicy(threshold)
+    if verifier is not None:
+        from semcache_server.core.verified_policy import VerifiedPolicy
+
+        raw = shipped_policy_json(verified_policy_file_name(embedder_model_id, verifier.model_id))
+        if raw is not None:
+            return VerifiedPolicy.from_json(raw).with_verifier(verifier, judge)
+        log.warning(
+            "no verified policy for embedder %s with verifier %s; using the lexical policy",
+            embedder_model_id,
+            verifier.model_id,
+        )
     calibrated = CalibratedPolicy.shipped(embedder_model_id)
     if calibrated is not None:
         return calibrated

@@ -14,7 +14,14 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-from semcache_server.core.domain import CachedEntry, FinishReason, Query, TextDelta, Verdict
+from semcache_server.core.domain import (
+    CachedEntry,
+    Candidate,
+    FinishReason,
+    Judgement,
+    Query,
+    TextDelta,
+)
 
 Vector = npt.NDArray[np.float32]
 """One unit-length float32 embedding."""
@@ -149,9 +156,10 @@ class LLMBackend(Protocol):
 class HitPolicy(Protocol):
     """Whether a semantic neighbour's answer answers the query.
 
-    A policy sees both prompts and their cosine, so guards against look-alike prompts work
-    without touching the semantic layer. The per-request threshold override is resolved before
-    a policy is asked (`semcache_server.core.policy.for_request`), so a policy has one rule.
+    A policy sees the query and the nearest cached prompts with their cosines, so guards and a
+    pair verifier work without touching the semantic layer. The per-request threshold override
+    is resolved before a policy is asked (`semcache_server.core.policy.for_request`), so a
+    policy has one rule.
     """
 
     @property
@@ -159,4 +167,37 @@ class HitPolicy(Protocol):
         """Below this similarity no candidate is even considered, so it is never fetched."""
         ...
 
-    async def judge(self, prompt: str, candidate: str, similarity: float) -> Verdict: ...
+    @property
+    def candidates(self) -> int:
+        """How many nearest neighbours (at or above the floor) the policy wants to see."""
+        ...
+
+    async def judge(self, prompt: str, candidates: Sequence[Candidate]) -> Judgement:
+        """candidates: nearest first, each at or above the floor, at least one."""
+        ...
+
+
+class Verifier(Protocol):
+    """Reads a query and cached prompts together and scores each pair."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    async def scores(self, query: str, candidates: Sequence[str]) -> Sequence[float]:
+        """One logit per candidate: above 0, more likely its answer answers the query."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Judge(Protocol):
+    """An LLM asked whether a cached answer can be reused, where the verifier is unsure."""
+
+    @property
+    def model_id(self) -> str: ...
+
+    async def same_answer(self, query: str, cached: str) -> bool | None:
+        """True or False as the judge says; None when it could not say (a miss)."""
+        ...
+
+    async def aclose(self) -> None: ...

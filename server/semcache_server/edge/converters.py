@@ -9,6 +9,7 @@ from semcache.v1 import semcache_pb2 as pb
 from semcache_server.core.domain import (
     Answer,
     CacheControl,
+    Check,
     Completion,
     FinishReason,
     GenerationOptions,
@@ -34,6 +35,12 @@ _SEMANTIC_STATUSES = {
     SemanticStatus.SKIPPED_TEMPERATURE: pb.SEMANTIC_STATUS_SKIPPED_TEMPERATURE,
     SemanticStatus.SKIPPED_LOOKUP: pb.SEMANTIC_STATUS_SKIPPED_LOOKUP,
     SemanticStatus.UNAVAILABLE: pb.SEMANTIC_STATUS_UNAVAILABLE,
+}
+_CHECKS = {
+    Check.COSINE: pb.SEMANTIC_CHECK_COSINE,
+    Check.GUARD: pb.SEMANTIC_CHECK_GUARD,
+    Check.VERIFIER: pb.SEMANTIC_CHECK_VERIFIER,
+    Check.JUDGE: pb.SEMANTIC_CHECK_JUDGE,
 }
 _ROLES = {pb.ROLE_USER: Role.USER, pb.ROLE_ASSISTANT: Role.ASSISTANT}
 _FINISH_REASONS = {
@@ -88,6 +95,10 @@ def _duration(seconds: float) -> Duration:
     return duration
 
 
+def _optional_duration(seconds: float | None) -> Duration | None:
+    return None if seconds is None else _duration(seconds)
+
+
 def _timestamp(seconds: float | None) -> Timestamp | None:
     if seconds is None:
         return None
@@ -106,6 +117,10 @@ def _semantic_status(status: SemanticStatus | None) -> pb.SemanticStatus:
     return pb.SEMANTIC_STATUS_UNSPECIFIED if status is None else _SEMANTIC_STATUSES[status]
 
 
+def _check(check: Check | None) -> pb.SemanticCheck:
+    return pb.SEMANTIC_CHECK_UNSPECIFIED if check is None else _CHECKS[check]
+
+
 def answer_to_response(answer: Answer) -> pb.AskResponse:
     origin, completion = answer.origin, answer.completion
     return pb.AskResponse(
@@ -121,6 +136,9 @@ def answer_to_response(answer: Answer) -> pb.AskResponse:
         finish_reason=_finish_reason(completion.finish_reason),
         hits=origin.hits,
         semantic_status=_semantic_status(origin.semantic_status),
+        decided_by=_check(origin.decided_by),
+        verifier_score=origin.verifier_score,
+        judge_duration=_optional_duration(origin.judge_seconds),
     )
 
 
@@ -136,6 +154,9 @@ def origin_to_stream(origin: Origin) -> pb.AskStreamResponse:
             lookup_duration=_duration(origin.lookup_seconds),
             hits=origin.hits,
             semantic_status=_semantic_status(origin.semantic_status),
+            decided_by=_check(origin.decided_by),
+            verifier_score=origin.verifier_score,
+            judge_duration=_optional_duration(origin.judge_seconds),
         )
     )
 

@@ -34,6 +34,8 @@ OPSET = 17
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 OUTPUT = "sentence_embedding"
+TOKEN_TYPE_IDS = "token_type_ids"
+LOGIT = "logit"
 # sentence-transformers reads max_seq_length (256) from sentence_bert_config.json; the 128 in
 # tokenizer.json is a leftover that would silently cut longer prompts short.
 DEFAULT_MAX_SEQ_LENGTH = 256
@@ -177,15 +179,23 @@ def build_minilm_graph(model_dir: Path) -> bytes:
 
 
 def _build_model(model_dir: Path) -> tuple[onnx.ModelProto, dict[str, npt.NDArray[Any]]]:
+    """The sentence-embedding graph of the weights in model_dir; see `build_bert_graph`."""
+    return build_bert_graph(BertConfig.read(model_dir), _load_weights(model_dir), pair_head=False)
+
+
+def build_bert_graph(
+    config: BertConfig, weights: dict[str, Array], *, pair_head: bool
+) -> tuple[onnx.ModelProto, dict[str, npt.NDArray[Any]]]:
     """The graph (large weights as external references) and those weights by initializer name.
 
-    Inputs int64 ``input_ids`` and ``attention_mask`` [batch, seq]; output float32
-    ``sentence_embedding`` [batch, hidden]: BERT, mask-weighted mean pooling, L2 normalisation.
-    Token type ids are always zero for single sentences, so the type-0 embedding is folded into
-    the position table. The attention scale 1/sqrt(head_dim) is folded into the query projection.
+    Inputs int64 ``input_ids`` and ``attention_mask`` [batch, seq]. Without pair_head the output
+    is float32 ``sentence_embedding`` [batch, hidden]: BERT, mask-weighted mean pooling, L2
+    normalisation; token type ids are always zero for single sentences, so the type-0 embedding
+    is folded into the position table. With pair_head (the pair verifier) there is a third input,
+    ``token_type_ids``, and the output is float32 ``logit`` [batch]: the mean-pooled tokens
+    through the linear ``head``. The attention scale 1/sqrt(head_dim) is folded into the query
+    projection.
     """
-    config = BertConfig.read(model_dir)
-    weights = _load_weights(model_dir)
     head_dim = config.hidden // config.num_heads
     eps = config.layer_norm_eps
     g = _GraphBuilder()
@@ -213,10 +223,10 @@ def _build_model(model_dir: Path) -> tuple[onnx.ModelProto, dict[str, npt.NDArra
         weights["embeddings.word_embeddings.weight"],
         np.float32,
     )
+    type_table = weights["embeddings.token_type_embeddings.weight"]
     position_table = g.const(
         "embeddings.position_plus_type0",
-        weights["embeddings.position_embeddings.weight"]
-        + weights["embeddings.token_type_embeddings.weight"][0],
+        weights["embeddings.position_embeddings.weight"] + type_table[0],
         np.float32,
     )
     # Position ids 0..seq-1 built with shape-preserving ops (not Slice): every tensor downstream
@@ -226,6 +236,15 @@ def _build_model(model_dir: Path) -> tuple[onnx.ModelProto, dict[str, npt.NDArra
     position_ids = g.op("Sub", [g.op("CumSum", [ones, one_i]), one_i])
     word_vectors = g.op("Gather", [word_table, INPUT_IDS], axis=0)
     hidden = g.op("Add", [word_vectors, g.op("Gather", [position_table, position_ids], axis=0)])
+    if pair_head:
+        # Type 0 is in the position table already; type ids 1 add the difference.
+        type_delta = g.const(
+            "embeddings.type1_minus_type0", type_table[1] - type_table[0], np.float32
+        )
+        types_f = g.op(
+            "Unsqueeze", [g.op("Cast", [TOKEN_TYPE_IDS], to=TensorProto.FLOAT), axis_neg1]
+        )
+        hidden = g.op("Add", [hidden, g.op("Mul", [types_f, type_delta])])
     hidden = g.layer_norm(hidden, weights, "embeddings.LayerNorm", eps)
 
     # [batch, seq] int64 mask -> float32 [batch, 1, 1, seq] additive bias, shared by all layers.
@@ -273,30 +292,78 @@ def _build_model(model_dir: Path) -> tuple[onnx.ModelProto, dict[str, npt.NDArra
         x = g.linear(x, weights[f"{ffn_out}.weight"], weights[f"{ffn_out}.bias"], ffn_out)
         hidden = g.layer_norm(g.op("Add", [x, hidden]), weights, f"{p}.output.LayerNorm", eps)
 
-    # Mean pooling over real tokens, then L2 normalisation.
+    # Mean pooling over real tokens.
     mask_3d = g.op("Unsqueeze", [mask_f, axis_neg1])
     summed = g.op("ReduceSum", [g.op("Mul", [hidden, mask_3d]), axes_1], keepdims=0)
     count = g.op("Max", [g.op("ReduceSum", [mask_3d, axes_1], keepdims=0), count_floor])
     mean = g.op("Div", [summed, count])
-    norm = g.op("Max", [g.op("ReduceL2", [mean], axes=[1], keepdims=1), norm_floor])
-    g.nodes.append(helper.make_node("Div", [mean, norm], [OUTPUT], name="normalize"))
+    inputs = [
+        helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["batch", "seq"]),
+    ]
+    if pair_head:
+        inputs.append(
+            helper.make_tensor_value_info(TOKEN_TYPE_IDS, TensorProto.INT64, ["batch", "seq"])
+        )
+        weight = g.const("head.weight_t", weights["head.weight"].reshape(1, -1).T, np.float32)
+        bias = g.const("head.bias", weights["head.bias"].reshape(1), np.float32)
+        logits = g.op("Add", [g.op("MatMul", [mean, weight]), bias])
+        g.nodes.append(helper.make_node("Squeeze", [logits, axis_neg1], [LOGIT], name="logit"))
+        output = helper.make_tensor_value_info(LOGIT, TensorProto.FLOAT, ["batch"])
+    else:
+        norm = g.op("Max", [g.op("ReduceL2", [mean], axes=[1], keepdims=1), norm_floor])
+        g.nodes.append(helper.make_node("Div", [mean, norm], [OUTPUT], name="normalize"))
+        output = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", config.hidden])
 
     graph = helper.make_graph(
         g.nodes,
-        "all_minilm_l6_v2",
-        inputs=[
-            helper.make_tensor_value_info(INPUT_IDS, TensorProto.INT64, ["batch", "seq"]),
-            helper.make_tensor_value_info(ATTENTION_MASK, TensorProto.INT64, ["batch", "seq"]),
-        ],
-        outputs=[
-            helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", config.hidden])
-        ],
+        "minilm_pair" if pair_head else "all_minilm_l6_v2",
+        inputs=inputs,
+        outputs=[output],
         initializer=g.initializers,
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="semcache"
     )
     return model, g.external
+
+
+def make_session(
+    model: onnx.ModelProto, external: dict[str, npt.NDArray[Any]], threads: int
+) -> ort.InferenceSession:
+    """An onnxruntime session over a graph whose large weights are handed over as arrays."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # onnxruntime copies these into its graph before optimising; the arrays can go after.
+    options.add_external_initializers(
+        list(external), [ort.OrtValue.ortvalue_from_numpy(a) for a in external.values()]
+    )
+    return ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+
+
+def load_tokenizer(model_dir: Path, max_length: int) -> Tokenizer:
+    """The model's tokenizer, truncating at max_length and padding to each batch's longest.
+
+    The shipped tokenizer.json pads everything to 128 tokens, which makes a single short query
+    several times slower.
+    """
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_length)
+    pad_token = "[PAD]"
+    pad_id = tokenizer.token_to_id(pad_token)
+    if pad_id is None:
+        raise ValueError(f"{pad_token} missing from the tokenizer vocabulary")
+    tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+    return tokenizer
+
+
+def load_weights(model_dir: Path) -> dict[str, Array]:
+    """The weights of model_dir as float32 arrays by name (see `_load_weights`)."""
+    return _load_weights(model_dir)
 
 
 class MiniLMOnnxModel:
@@ -318,30 +385,8 @@ class MiniLMOnnxModel:
         """
         directory = default_model_dir() if model_dir is None else model_dir
         config = BertConfig.read(directory)
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        model, external = _build_model(directory)
-        # onnxruntime copies these into its graph before optimising; the arrays can go after.
-        options.add_external_initializers(
-            list(external), [ort.OrtValue.ortvalue_from_numpy(a) for a in external.values()]
-        )
-        session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        del model, external
-
-        tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
-        tokenizer.enable_truncation(max_length=read_max_seq_length(directory))
-        # Pad to the longest item of each batch only: the shipped tokenizer.json pads everything
-        # to 128 tokens, which makes a single short query several times slower.
-        pad_token = "[PAD]"
-        pad_id = tokenizer.token_to_id(pad_token)
-        if pad_id is None:
-            raise ValueError(f"{pad_token} missing from the tokenizer vocabulary")
-        tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
+        session = make_session(*_build_model(directory), threads=threads)
+        tokenizer = load_tokenizer(directory, read_max_seq_length(directory))
         return cls(session, tokenizer, config.hidden)
 
     @property

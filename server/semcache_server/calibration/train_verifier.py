@@ -1,0 +1,236 @@
+"""`semcache train-verifier`: fine-tune the pair verifier from the shipped MiniLM weights.
+
+The verifier is a cross-encoder: it reads "[CLS] query [SEP] cached [SEP]" in one pass and scores
+whether the cached prompt's answer answers the query. It starts from all-MiniLM-L6-v2 (the
+embedder's own weights), keeps the word-embedding table frozen so that the runtime can reuse the
+embedder's table, and learns everything else plus a linear head over mean-pooled tokens.
+
+Needs the `train` extra (torch 2.13 CPU): ``pip install ".[train]"``. Nothing in the service
+imports this module. The result is written as float16 safetensors without the word table
+(about 21 MB) with a config.json, where the runtime verifier finds it.
+
+Data (``--data-dir``, the shared files): every pair of ``qqp_train.jsonl``; the calibration half
+of ``gptcache_mock_dev.jsonl`` and ``sick_contradictions_dev.jsonl`` (their held-out halves and
+all of ``qqp_dev.jsonl`` are never seen); hard negatives mined as each question's nearest
+neighbour from another group of ``qqp_train``; look-alikes generated from real questions (a
+changed number, a negation, an opposite word, swapped roles, another name); and surface
+rewrites as positives. See `verifier_data`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from semcache_server.calibration.command import open_embedder
+from semcache_server.calibration.data import embed_texts, read_pairs, split_of
+from semcache_server.calibration.verifier_data import (
+    LookAlikes,
+    TrainingPair,
+    connected_groups,
+    labelled,
+    mine_hard_negatives,
+    surface_paraphrases,
+)
+
+EMBEDDER_DIR = Path(__file__).resolve().parent.parent / "adapters" / "embedders" / "minilm"
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "adapters" / "verifiers" / "minilm_pair"
+WORD_TABLE = "embeddings.word_embeddings.weight"
+MAX_LENGTH = 128
+
+
+def build_pairs(data_dir: Path, cache_dir: Path | None, seed: int) -> list[TrainingPair]:
+    """Every training pair, shuffled; prints where they come from."""
+    train = read_pairs(data_dir / "qqp_train.jsonl")
+    pairs = labelled(train, "qqp_train")
+    for name, origin in (
+        ("gptcache_mock_dev.jsonl", "gptcache_mock:calibration"),
+        ("sick_contradictions_dev.jsonl", "sick:calibration"),
+    ):
+        path = data_dir / name
+        if path.exists():
+            pairs += labelled((p for p in read_pairs(path) if split_of(p) == "calibration"), origin)
+
+    texts = sorted({t for p in train for t in (p.query, p.cached)})
+    groups = connected_groups(train)
+    embedder = open_embedder("local")
+    try:
+        embedded = asyncio.run(embed_texts(embedder, texts, cache_dir=cache_dir, label="qqp_train"))
+    finally:
+        asyncio.run(embedder.aclose())
+    pairs += mine_hard_negatives(texts, groups, embedded, min_cosine=0.80, limit=16_000, seed=seed)
+    pairs += LookAlikes(seed).make(texts, per_kind=3_000)
+    pairs += surface_paraphrases(texts, 6_000, seed)
+    random.Random(seed).shuffle(pairs)
+    counts = Counter(p.origin for p in pairs)
+    positives = Counter(p.origin for p in pairs if p.label)
+    for origin, count in sorted(counts.items()):
+        print(f"  {origin:<32} {count:6d} pairs, {positives[origin]:6d} positive", file=sys.stderr)
+    return pairs
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    pairs = build_pairs(args.data_dir, args.embedding_cache, args.seed)
+
+    config = BertConfig.from_json_file(str(EMBEDDER_DIR / "config.json"))
+    encoder = BertModel(config, add_pooling_layer=False)
+    weights = {
+        name: torch.from_numpy(array.astype(np.float32) if array.dtype.kind == "f" else array)
+        for name, array in load_file(str(EMBEDDER_DIR / "model.safetensors")).items()
+        if not name.startswith("pooler.")
+    }
+    encoder.load_state_dict(weights, strict=False)
+    encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    for layer in encoder.encoder.layer[: args.freeze_layers]:
+        layer.requires_grad_(False)
+    head = torch.nn.Linear(config.hidden_size, 1)
+
+    tokenizer = Tokenizer.from_file(str(EMBEDDER_DIR / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=args.max_length)
+
+    trainable = [p for p in encoder.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": trainable, "lr": args.lr}, {"params": head.parameters(), "lr": args.lr * 20}],
+        weight_decay=0.01,
+    )
+    # Batches of similar length: the cost of a batch follows its longest pair.
+    encodings = tokenizer.encode_batch([(p.query, p.cached) for p in pairs])
+    order = sorted(range(len(pairs)), key=lambda i: len(encodings[i].ids))
+    batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
+    rng = random.Random(args.seed)
+    planned_steps: int = args.epochs * len(batches)
+    warmup = max(1, planned_steps // 20)
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.05, 1 - (step - warmup) / max(1, planned_steps - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    started = time.monotonic()
+    step = 0
+    losses: list[float] = []
+    stopped_by_time = False
+    encoder.train()
+    for epoch in range(args.epochs):
+        rng.shuffle(batches)
+        for batch in batches:
+            if time.monotonic() - started > args.minutes * 60:
+                stopped_by_time = True
+                break
+            width = max(len(encodings[i].ids) for i in batch)
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            types = torch.zeros_like(ids)
+            mask = torch.zeros_like(ids)
+            for row, i in enumerate(batch):
+                e = encodings[i]
+                ids[row, : len(e.ids)] = torch.tensor(e.ids)
+                types[row, : len(e.ids)] = torch.tensor(e.type_ids)
+                mask[row, : len(e.ids)] = 1
+            labels = torch.tensor([pairs[i].label for i in batch])
+            hidden = encoder(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            pooled = (hidden.last_hidden_state * mask[..., None]).sum(1) / mask.sum(1, True)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                head(pooled).squeeze(-1), labels
+            )
+            loss.backward()  # type: ignore[no-untyped-call]
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(float(loss))
+            step += 1
+            if step % 100 == 0:
+                elapsed = time.monotonic() - started
+                print(
+                    f"epoch {epoch} step {step}/{planned_steps} loss {np.mean(losses[-100:]):.4f}"
+                    f" {elapsed / 60:.1f} min",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        if stopped_by_time:
+            break
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    state = {
+        name: tensor.detach().to(torch.float16).contiguous()
+        for name, tensor in encoder.state_dict().items()
+        if name != WORD_TABLE and tensor.dtype == torch.float32
+    }
+    state["head.weight"] = head.weight.detach().to(torch.float16).contiguous()
+    state["head.bias"] = head.bias.detach().to(torch.float16).contiguous()
+    save_file(state, str(args.out / "model.safetensors"), metadata={"format": "pt"})
+    report = {
+        "base": "sentence-transformers/all-MiniLM-L6-v2 (the embedder's weights)",
+        "word_table": "the embedder's, frozen during training",
+        "pooling": "mean",
+        "max_length": args.max_length,
+        "training": {
+            "pairs": len(pairs),
+            "origins": dict(Counter(p.origin for p in pairs)),
+            "steps": step,
+            "planned_steps": planned_steps,
+            "stopped_by_time": stopped_by_time,
+            "minutes": round((time.monotonic() - started) / 60, 1),
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "epochs": args.epochs,
+            "freeze_layers": args.freeze_layers,
+            "seed": args.seed,
+            "final_loss": float(np.mean(losses[-200:])) if losses else math.nan,
+        },
+    }
+    (args.out / "config.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return report
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semcache train-verifier", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--minutes", type=float, default=50.0, help="stop training after this")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=4e-5)
+    parser.add_argument("--freeze-layers", type=int, default=0, help="lowest layers kept frozen")
+    parser.add_argument("--max-length", type=int, default=MAX_LENGTH)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--seed", type=int, default=13)
+    parser.add_argument("--embedding-cache", type=Path, default=None, help="directory for .npy")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = _parser().parse_args(argv)
+    if not (args.data_dir / "qqp_train.jsonl").exists():
+        print(f"no qqp_train.jsonl in {args.data_dir}: pass --data-dir", file=sys.stderr)
+        return 2
+    report = train(args)
+    print(json.dumps(report["training"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
