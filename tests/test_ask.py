@@ -112,6 +112,24 @@ async def test_an_unrelated_prompt_is_not_a_hit(semcache: Running, ollama: FakeO
 
 
 @pytest.mark.asyncio
+async def test_a_server_threshold_of_zero_serves_exact_hits_only(
+    redis_process: RedisProcess, ollama: FakeOllama, embedder: LocalEmbedder
+) -> None:
+    running = await start_service(
+        service_settings(redis_process, ollama, similarity_threshold=0.0), embedder
+    )
+    try:
+        await running.stub.Ask(ask(), timeout=10)
+        exact = await running.stub.Ask(ask(), timeout=10)
+        paraphrase = await running.stub.Ask(ask(PARAPHRASE), timeout=10)
+    finally:
+        await running.stop()
+    assert exact.source == pb.SOURCE_EXACT
+    assert paraphrase.source == pb.SOURCE_LLM
+    assert paraphrase.semantic_status == pb.SEMANTIC_STATUS_SKIPPED_EXACT_ONLY
+
+
+@pytest.mark.asyncio
 @pytest.mark.parametrize(
     "changed",
     [

@@ -296,7 +296,8 @@ def test_guards_leave_alone_what_only_looks_different(a: str, b: str) -> None:
 async def trap_layer(
     redis_process: RedisProcess, embedder: LocalEmbedder
 ) -> AsyncIterator[SemanticLayer]:
-    cache = await app.build_cache(Settings(redis_timeout=2.0), redis_process.url, embedder=embedder)
+    settings = Settings(redis_timeout=2.0, verifier="off")  # the lexical policy under test
+    cache = await app.build_cache(settings, redis_process.url, embedder=embedder)
     yield cache.semantic
     await cache.aclose()
 

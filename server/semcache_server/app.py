@@ -24,8 +24,13 @@ from semcache_server.adapters.ollama_llm import OllamaBackend
 from semcache_server.adapters.redis_store import RedisEntryStore
 from semcache_server.core.chain import CacheChain, ChainSettings
 from semcache_server.core.domain import StoreUnavailable
-from semcache_server.core.layers import ExactLayer, OutageLog, SemanticLayer
-from semcache_server.core.policy import default_policy
+from semcache_server.core.layers import ExactLayer, SemanticLayer
+from semcache_server.core.outages import OutageLog
+from semcache_server.core.policy import (
+    default_policy,
+    shipped_policy_json,
+    verified_policy_file_name,
+)
 from semcache_server.core.ports import (
     Embedder,
     EntryStore,
@@ -42,6 +47,9 @@ from semcache_server.settings import Settings
 log = logging.getLogger(__name__)
 
 INDEX_RETRY_SECONDS = 5.0
+
+Part = Embedder | LLMBackend | EntryStore | Verifier | Judge
+"""Something the cache is built from and must close."""
 
 
 def build_embedder(settings: Settings, *, threads: int = 1) -> Embedder:
@@ -115,13 +123,23 @@ class Cache:
     policy: HitPolicy
     embedder: Embedder
     store_outages: OutageLog
-    owned: list[Embedder | LLMBackend | EntryStore | Verifier | Judge] = field(default_factory=list)
+    owned: list[Part] = field(default_factory=list)
 
     async def aclose(self) -> None:
         """Closes the parts built here, not those handed in."""
-        for part in reversed(self.owned):
-            await part.aclose()
-        self.owned.clear()
+        await self.close_parts(self.owned)
+
+    @staticmethod
+    async def close_parts(
+        parts: list[Part],
+    ) -> None:
+        """Close in reverse order of building; one failing part does not keep the rest open."""
+        while parts:
+            part = parts.pop()
+            try:
+                await part.aclose()
+            except Exception:
+                log.exception("closing %s failed", type(part).__name__)
 
 
 async def build_cache(
@@ -134,28 +152,26 @@ async def build_cache(
     index: VectorIndex | None = None,
     verifier: Verifier | None = None,
 ) -> Cache:
-    """Wire the chain: exact layer and semantic layer over one store, then the LLM."""
-    owned: list[Embedder | LLMBackend | EntryStore | Verifier | Judge] = []
-    store = RedisEntryStore.from_url(redis_url, timeout=settings.redis_timeout)
-    owned.append(store)
-    if embedder is None:
-        # Loading a model takes a second of CPU: not on the event loop.
-        embedder = await asyncio.to_thread(build_embedder, settings)
-        owned.append(embedder)
-    if llm is None:
-        llm = build_llm(settings)
-        owned.append(llm)
-    if policy is None:
-        if settings.verifier == "off":
-            verifier = None
-        elif verifier is None and settings.similarity_threshold is None:
-            verifier = await asyncio.to_thread(build_verifier, settings)
-            if verifier is not None:
-                owned.append(verifier)
-        judge = build_judge(settings) if verifier is not None else None
-        if judge is not None:
-            owned.append(judge)
-        policy = default_policy(embedder.model_id, settings.similarity_threshold, verifier, judge)
+    """Wire the chain: exact layer and semantic layer over one store, then the LLM.
+
+    If wiring fails halfway, what was already built here is closed before the error goes on.
+    """
+    owned: list[Part] = []
+    try:
+        store = RedisEntryStore.from_url(redis_url, timeout=settings.redis_timeout)
+        owned.append(store)
+        if embedder is None:
+            # Loading a model takes a second of CPU: not on the event loop.
+            embedder = await asyncio.to_thread(build_embedder, settings)
+            owned.append(embedder)
+        if llm is None:
+            llm = build_llm(settings)
+            owned.append(llm)
+        if policy is None:
+            policy = await _default_policy(settings, embedder.model_id, verifier, owned)
+    except BaseException:
+        await Cache.close_parts(owned)
+        raise
     store_outages = OutageLog("Redis")
     semantic = SemanticLayer(
         embedder,
@@ -179,6 +195,33 @@ async def build_cache(
     return Cache(chain, semantic, store, policy, embedder, store_outages, owned)
 
 
+async def _default_policy(
+    settings: Settings,
+    embedder_model_id: str,
+    verifier: Verifier | None,
+    owned: list[Part],
+) -> HitPolicy:
+    """The server's policy; loads the verifier and the judge only when they will be used."""
+    verified = settings.similarity_threshold is None and settings.verifier != "off"
+    if verified and verifier is None:
+        from semcache_server.adapters.verifiers import pair
+
+        if shipped_policy_json(verified_policy_file_name(embedder_model_id, pair.MODEL_ID)):
+            verifier = await asyncio.to_thread(build_verifier, settings)
+            if verifier is not None:
+                owned.append(verifier)
+    if not verified:
+        verifier = None
+    judge = build_judge(settings) if verifier is not None else None
+    if judge is not None:
+        owned.append(judge)
+    elif settings.judge_model is not None:
+        log.warning(
+            "--judge-model %s is unused: the judge needs the verifier", settings.judge_model
+        )
+    return default_policy(embedder_model_id, settings.similarity_threshold, verifier, judge)
+
+
 @dataclass
 class Service:
     """A running semcache: its server, its cache, and what must be closed when it stops."""
@@ -193,12 +236,16 @@ class Service:
         return self.grpc.port
 
     async def stop(self, grace: float | None) -> None:
-        await self.grpc.stop(grace)
-        for task in self.background:
-            task.cancel()
-        await self.cache.aclose()
-        if self.embedded_redis is not None:
-            await asyncio.to_thread(self.embedded_redis.stop)
+        try:
+            await self.grpc.stop(grace)
+        finally:
+            for task in self.background:
+                task.cancel()
+            try:
+                await self.cache.aclose()
+            finally:
+                if self.embedded_redis is not None:
+                    await asyncio.to_thread(self.embedded_redis.stop)
 
 
 async def _load_index(semantic: SemanticLayer, retry_seconds: float) -> bool:
@@ -235,14 +282,15 @@ async def start(
         )
         undo.push_async_callback(cache.aclose)
         server = GrpcServer(cache.chain, settings.host, settings.port)
+        service = Service(server, cache, embedded)
+        undo.callback(lambda: [task.cancel() for task in service.background])
+        if not await _load_index(cache.semantic, retry_seconds=0):
+            # Redis is down: serve at once from the LLM; warm the semantic layer when it returns.
+            retry = asyncio.create_task(_load_index(cache.semantic, INDEX_RETRY_SECONDS))
+            service.background.add(retry)
+            retry.add_done_callback(service.background.discard)
+        await server.start()
         undo.pop_all()
-    service = Service(server, cache, embedded)
-    if not await _load_index(cache.semantic, retry_seconds=0):
-        # Redis is down: serve at once from the LLM, and warm the semantic layer when it returns.
-        retry = asyncio.create_task(_load_index(cache.semantic, INDEX_RETRY_SECONDS))
-        service.background.add(retry)
-        retry.add_done_callback(service.background.discard)
-    await server.start()
     gc.collect()  # start-up garbage (model building, index loading) would linger until a full GC
     log.info(
         "semcache serving on %s:%d (embedder %s, %s from cosine %.4f, %d entries indexed)",

@@ -204,6 +204,26 @@ def calibrate(context: click.Context) -> None:
     sys.exit(command.main(context.args))
 
 
+@main.command(
+    name="train-verifier",
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    },
+)
+@click.pass_context
+def train_verifier(context: click.Context) -> None:
+    """Fine-tune the pair verifier (needs the train extra: pip install ".[train]").
+
+    Takes the arguments of `python -m semcache_server.calibration.train_verifier`; `--help`
+    lists them.
+    """
+    from semcache_server.calibration import train_verifier as training
+
+    sys.exit(training.main(context.args))
+
+
 @main.command()
 @target_option
 @click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds.")

@@ -249,5 +249,9 @@ class StoreUnavailable(SemcacheError):
     """Redis could not be reached; callers treat it as a miss, never as a failed request."""
 
 
+class VerifierUnavailable(SemcacheError):
+    """The pair verifier failed; the verified policy treats it as a miss."""
+
+
 class EmbedderUnavailable(SemcacheError):
     """The embedder failed; the semantic layer treats it as a miss."""

@@ -25,31 +25,11 @@ from semcache_server.core.domain import (
     StoreUnavailable,
     Verdict,
 )
-from semcache_server.core.policy import EXACT_ONLY, for_request
+from semcache_server.core.outages import OutageLog
+from semcache_server.core.policy import ExactOnlyPolicy, for_request
 from semcache_server.core.ports import Embedder, EntryStore, HitPolicy, Vector, VectorIndex
 
 log = logging.getLogger(__name__)
-
-
-class OutageLog:
-    """Logs the first failure of a dependency and its recovery, not every failed request."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._down = False
-        self.failures = 0
-        """Failed calls since start-up."""
-
-    def failed(self, error: Exception) -> None:
-        self.failures += 1
-        if not self._down:
-            log.warning("%s unavailable, serving without it: %s", self._name, error)
-        self._down = True
-
-    def succeeded(self) -> None:
-        if self._down:
-            log.warning("%s is back", self._name)
-        self._down = False
 
 
 class ExactLayer:
@@ -124,7 +104,7 @@ class SemanticLayer:
         """Why the semantic layer must not answer this request, or None when it may."""
         if control.skip_lookup:
             return SemanticStatus.SKIPPED_LOOKUP
-        if policy is EXACT_ONLY:
+        if isinstance(policy, ExactOnlyPolicy):
             return SemanticStatus.SKIPPED_EXACT_ONLY
         if query.history and not control.semantic_with_history:
             return SemanticStatus.SKIPPED_HISTORY
@@ -230,7 +210,11 @@ class SemanticRequest:
         return await self._layer._search(self, vector, self._policy)
 
     def embed_ahead(self) -> None:
-        """Start embedding now, in the background, for a write that will want it later."""
+        """Start embedding now, in the background, for a write that will want it later.
+
+        A lookup whose embedding failed left nothing behind, so this tries again: an entry
+        stored without a vector would never become a semantic candidate.
+        """
         if self._embedding is None:
             self._embedding = asyncio.ensure_future(self._layer.embed(self.query.prompt))
 
@@ -258,14 +242,21 @@ class SemanticRequest:
         return await asyncio.shield(self._layer._write(entry, vector, ttl_seconds))
 
     def close(self) -> None:
-        """Stop an embedding nobody will read."""
-        if self._embedding is not None and not self._embedding.done():
+        """Stop an embedding nobody will read, and collect the failure of one nobody read."""
+        if self._embedding is None:
+            return
+        if not self._embedding.done():
             self._embedding.cancel()
+        elif not self._embedding.cancelled() and self._embedding.exception() is not None:
+            log.debug("an embedding nobody read failed", exc_info=self._embedding.exception())
 
     async def _vector(self) -> Vector | None:
+        """The prompt's embedding, made once; a failure is not remembered, so a later ask (the
+        write after the lookup) tries again."""
         if self._embedding is None:
             vector = await self._layer.embed(self.query.prompt)
-            self._embedding = asyncio.get_running_loop().create_future()
-            self._embedding.set_result(vector)
+            if vector is not None:
+                self._embedding = asyncio.get_running_loop().create_future()
+                self._embedding.set_result(vector)
             return vector
         return await self._embedding

@@ -27,13 +27,22 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from semcache_server.core import guards
-from semcache_server.core.domain import Candidate, Check, Judgement, Verdict
+from semcache_server.core.domain import (
+    Candidate,
+    Check,
+    Judgement,
+    Verdict,
+    VerifierUnavailable,
+)
+from semcache_server.core.outages import OutageLog
 from semcache_server.core.policy import IDENTICAL
 from semcache_server.core.ports import Judge, Verifier
 
 log = logging.getLogger(__name__)
 
 VERIFIED_FORMAT = 2
+
+_verifier_outages = OutageLog("pair verifier")
 
 
 @dataclass(frozen=True)
@@ -98,7 +107,12 @@ class VerifiedPolicy:
             return Judgement(Verdict.REJECTED_BY_GUARD, Check.GUARD)
         if self.verifier is None:
             return Judgement(Verdict.TOO_FAR, Check.VERIFIER)
-        logits = await self.verifier.scores(prompt, [candidates[i].prompt for i in kept])
+        try:
+            logits = await self.verifier.scores(prompt, [candidates[i].prompt for i in kept])
+        except VerifierUnavailable as error:
+            _verifier_outages.failed(error)
+            return Judgement(Verdict.TOO_FAR, Check.VERIFIER)
+        _verifier_outages.succeeded()
         probabilities = [
             self.model.probability(candidates[i].similarity, logit)
             for i, logit in zip(kept, logits, strict=True)

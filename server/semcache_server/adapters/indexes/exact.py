@@ -103,29 +103,33 @@ class ExactIndex:
     def nearest_now(self, partition: str, vector: Vector, k: int = 1) -> list[Neighbour]:
         """The search itself, on the calling thread.
 
-        The scan runs without the lock, so the event loop can add and remove meanwhile; a row
-        changed during the scan may be scored from a torn read, so the candidates are scored again
-        under the lock, against the rows as they are now.
+        The scan runs without the lock, so the event loop can add and remove meanwhile: a removal
+        moves the last row into the hole, so a row may be read torn or hold another entry by the
+        time the scan ends. The candidates are therefore named by the ids their rows held when
+        the scan began, and scored again under the lock wherever those entries are now.
         """
         query = np.asarray(vector, dtype=np.float32).reshape(-1)
         with self._lock:
             rows = self._partitions.get(partition)
             if rows is None or not rows.ids or rows.matrix.shape[1] != query.shape[0]:
                 return []
-            matrix, count = rows.matrix, len(rows.ids)
-        scores = matrix[:count] @ query
-        wanted = min(k + _RESCORED_EXTRA, count)
-        if wanted < count:
+            matrix, ids = rows.matrix, list(rows.ids)
+        scores = matrix[: len(ids)] @ query
+        wanted = min(k + _RESCORED_EXTRA, len(ids))
+        if wanted < len(ids):
             candidates = np.argpartition(-scores, wanted - 1)[:wanted]
         else:
-            candidates = np.arange(count)
+            candidates = np.arange(len(ids))
         with self._lock:
-            if self._partitions.get(partition) is not rows:
-                return []
-            live = candidates[candidates < len(rows.ids)]
-            rescored = rows.matrix[live] @ query
-            order = np.argsort(-rescored, kind="stable")[:k]
-            return [Neighbour(rows.ids[live[i]], float(rescored[i])) for i in order]
+            found = []
+            for entry_id in {ids[int(i)] for i in candidates}:
+                located = self._where.get(entry_id)
+                if located is None or located[0] != partition:
+                    continue  # removed, or moved to another partition, during the scan
+                current = self._partitions[partition].matrix[located[1]]
+                found.append(Neighbour(entry_id, float(current @ query)))
+        found.sort(key=lambda n: (-n.similarity, n.entry_id))
+        return found[:k]
 
     def __len__(self) -> int:
         return len(self._where)

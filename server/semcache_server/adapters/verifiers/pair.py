@@ -33,6 +33,7 @@ from semcache_server.adapters.embedders.minilm_onnx import (
     load_weights,
     make_session,
 )
+from semcache_server.core.domain import VerifierUnavailable
 
 MODEL_ID = "local/minilm-pair-verifier"
 WORD_TABLE = "embeddings.word_embeddings.weight"
@@ -100,9 +101,12 @@ class PairVerifier:
 
     async def scores(self, query: str, candidates: Sequence[str]) -> Sequence[float]:
         loop = asyncio.get_running_loop()
-        logits = await loop.run_in_executor(
-            self._executor, self._model.logits, [(query, c) for c in candidates]
-        )
+        try:
+            logits = await loop.run_in_executor(
+                self._executor, self._model.logits, [(query, c) for c in candidates]
+            )
+        except (RuntimeError, ValueError, ort.capi.onnxruntime_pybind11_state.Fail) as error:
+            raise VerifierUnavailable(f"pair verifier: {error}") from None
         return [float(x) for x in logits]
 
     async def aclose(self) -> None:
