@@ -38,9 +38,25 @@ def fit_logistic(
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
     scale[scale < 1e-9] = 1.0
-    z = np.hstack([(x - mean) / scale, np.ones((x.shape[0], 1))])
+    w = newton_logistic((x - mean) / scale, y, l2)
+    return GrayZoneModel(
+        features=guards.FEATURE_NAMES,
+        mean=tuple(float(v) for v in mean),
+        scale=tuple(float(v) for v in scale),
+        weights=tuple(float(v) for v in w[:-1]),
+        bias=float(w[-1]),
+    )
+
+
+def newton_logistic(
+    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], l2: float
+) -> npt.NDArray[np.float64]:
+    """L2-regularised logistic regression by Newton's method: the weights of x's columns, then
+    the intercept (which is not shrunk). Few features and thousands of rows converge in a few
+    steps."""
+    z = np.hstack([x, np.ones((x.shape[0], 1))])
     penalty = np.full(z.shape[1], l2)
-    penalty[-1] = 0.0  # the intercept is not shrunk
+    penalty[-1] = 0.0
     w = np.zeros(z.shape[1])
     for _ in range(100):
         p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -50, 50)))
@@ -50,13 +66,7 @@ def fit_logistic(
         w -= step
         if float(np.max(np.abs(step))) < 1e-8:
             break
-    return GrayZoneModel(
-        features=guards.FEATURE_NAMES,
-        mean=tuple(float(v) for v in mean),
-        scale=tuple(float(v) for v in scale),
-        weights=tuple(float(v) for v in w[:-1]),
-        bias=float(w[-1]),
-    )
+    return w
 
 
 def _inert_model() -> GrayZoneModel:

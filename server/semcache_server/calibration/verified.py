@@ -21,6 +21,7 @@ import numpy.typing as npt
 from tqdm import tqdm
 
 from semcache_server.calibration.data import Embedded, LabelledPair, PreparedFile, Score
+from semcache_server.calibration.fitting import newton_logistic
 from semcache_server.core.keys import normalise_prompt
 from semcache_server.core.policy import IDENTICAL
 from semcache_server.core.verified_policy import JointModel, VerifiedPolicy
@@ -147,20 +148,11 @@ def fit_joint(looked: Looked, floor: float, l2: float = 1e-3) -> JointModel:
     """Logistic regression of "this candidate is right" on (cosine, logit), over every candidate
     at or above floor, by Newton's method."""
     mask = looked.cosine >= floor
-    x = np.stack([looked.cosine[mask], looked.logit[mask], np.ones(int(mask.sum()))], axis=1)
+    x = np.stack([looked.cosine[mask], looked.logit[mask]], axis=1)
     y = looked.correct[mask].astype(np.float64)
     if len(np.unique(y)) < 2:
         raise ValueError("calibration needs both right and wrong candidates")
-    w = np.zeros(3)
-    penalty = np.array([l2, l2, 0.0])
-    for _ in range(100):
-        p = 1 / (1 + np.exp(-np.clip(x @ w, -50, 50)))
-        gradient = x.T @ (p - y) + penalty * w
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + np.diag(penalty + 1e-9)
-        step = np.linalg.solve(hessian, gradient)
-        w -= step
-        if float(np.max(np.abs(step))) < 1e-9:
-            break
+    w = newton_logistic(x, y, l2)
     return JointModel(float(w[0]), float(w[1]), float(w[2]))
 
 
