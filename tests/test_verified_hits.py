@@ -1,8 +1,8 @@
 """Semantic hits through the contract with the pair verifier: everyday paraphrases are served,
 look-alikes are refused, and every answer says which check decided.
 
-The pairs are the hand-written sets in tests/data (written before the verifier was tuned, never
-used to train or calibrate it). Each pair gets its own system prompt, so its query meets only its
+The pairs are the hand-written sets in tests/data (paraphrases.jsonl and look_alikes.jsonl were
+written before the verifier was tuned; none of them trains or calibrates it). Each pair gets its own system prompt, so its query meets only its
 own cached prompt: one partition a pair.
 """
 
@@ -91,7 +91,7 @@ async def test_the_issue_paraphrases_are_served_and_say_the_verifier_decided(
 
 
 async def test_every_look_alike_is_refused(semcache: Running) -> None:
-    pairs = [p for p in load("traps.jsonl") if not p.hit]
+    pairs = [p for p in load("traps.jsonl") + load("look_alikes.jsonl") if not p.hit]
     responses = await ask_each(semcache, pairs)
     served = [
         describe(p, r) for p, r in zip(pairs, responses, strict=True) if r.source != pb.SOURCE_LLM

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from semcache_server.calibration.command import open_embedder
-from semcache_server.calibration.data import embed_texts, read_pairs, split_of
+from semcache_server.calibration.data import LabelledPair, embed_texts, read_pairs, split_of
 from semcache_server.calibration.verifier_data import (
     LookAlikes,
     TrainingPair,
@@ -49,20 +49,19 @@ EMBEDDER_DIR = Path(__file__).resolve().parent.parent / "adapters" / "embedders"
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "adapters" / "verifiers" / "minilm_pair"
 WORD_TABLE = "embeddings.word_embeddings.weight"
 MAX_LENGTH = 128
+NOISY_NEGATIVE = 0.95
+"""Quora non-duplicates at or above this cosine are left out of training (mostly label noise)."""
 
 
 def build_pairs(data_dir: Path, cache_dir: Path | None, seed: int) -> list[TrainingPair]:
-    """Every training pair, shuffled; prints where they come from."""
-    train = read_pairs(data_dir / "qqp_train.jsonl")
-    pairs = labelled(train, "qqp_train")
-    for name, origin in (
-        ("gptcache_mock_dev.jsonl", "gptcache_mock:calibration"),
-        ("sick_contradictions_dev.jsonl", "sick:calibration"),
-    ):
-        path = data_dir / name
-        if path.exists():
-            pairs += labelled((p for p in read_pairs(path) if split_of(p) == "calibration"), origin)
+    """Every training pair, shuffled; prints where they come from.
 
+    Quora duplicates go in both orders (a cache meets either), the everyday paraphrases of the
+    GPTCache mock half four times, and Quora non-duplicates that embed almost identically are
+    left out: audits of such pairs found most of them to be the same question asked twice
+    (label noise), and they teach the verifier to refuse paraphrases.
+    """
+    train = read_pairs(data_dir / "qqp_train.jsonl")
     texts = sorted({t for p in train for t in (p.query, p.cached)})
     groups = connected_groups(train)
     embedder = open_embedder("local")
@@ -70,12 +69,32 @@ def build_pairs(data_dir: Path, cache_dir: Path | None, seed: int) -> list[Train
         embedded = asyncio.run(embed_texts(embedder, texts, cache_dir=cache_dir, label="qqp_train"))
     finally:
         asyncio.run(embedder.aclose())
-    pairs += mine_hard_negatives(texts, groups, embedded, min_cosine=0.80, limit=16_000, seed=seed)
-    pairs += LookAlikes(seed).make(texts, per_kind=3_000)
-    pairs += surface_paraphrases(texts, 6_000, seed)
+
+    queries, cached = embedded.of([p.query for p in train]), embedded.of([p.cached for p in train])
+    cosine = np.einsum("ij,ij->i", queries, cached)
+    kept = [p for p, c in zip(train, cosine, strict=True) if p.duplicate or c < NOISY_NEGATIVE]
+    pairs = labelled(kept, "qqp_train")
+    pairs += labelled(
+        (LabelledPair(p.cached, p.query, True) for p in train if p.duplicate), "qqp_train:swapped"
+    )
+    for name, origin, copies in (
+        ("gptcache_mock_dev.jsonl", "gptcache_mock:calibration", 4),
+        ("sick_contradictions_dev.jsonl", "sick:calibration", 1),
+    ):
+        path = data_dir / name
+        if path.exists():
+            half = [p for p in read_pairs(path) if split_of(p) == "calibration"]
+            pairs += labelled(half, origin) * copies
+    pairs += mine_hard_negatives(texts, groups, embedded, min_cosine=0.80, limit=12_000, seed=seed)
+    pairs += LookAlikes(seed).make(texts, per_kind=2_000)
+    pairs += surface_paraphrases(texts, 10_000, seed)
     random.Random(seed).shuffle(pairs)
     counts = Counter(p.origin for p in pairs)
     positives = Counter(p.origin for p in pairs if p.label)
+    print(
+        f"  left out {len(train) - len(kept)} Quora non-duplicates at cosine >= {NOISY_NEGATIVE}",
+        file=sys.stderr,
+    )
     for origin, count in sorted(counts.items()):
         print(f"  {origin:<32} {count:6d} pairs, {positives[origin]:6d} positive", file=sys.stderr)
     return pairs
@@ -119,6 +138,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     order = sorted(range(len(pairs)), key=lambda i: len(encodings[i].ids))
     batches = [order[i : i + args.batch_size] for i in range(0, len(order), args.batch_size)]
     rng = random.Random(args.seed)
+    # Positives and negatives weigh alike in the loss, whatever their counts.
+    positives = sum(p.label for p in pairs)
+    positive_weight = torch.tensor((len(pairs) - positives) / max(1.0, positives))
     planned_steps: int = args.epochs * len(batches)
     warmup = max(1, planned_steps // 20)
 
@@ -152,14 +174,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             hidden = encoder(input_ids=ids, attention_mask=mask, token_type_ids=types)
             pooled = (hidden.last_hidden_state * mask[..., None]).sum(1) / mask.sum(1, True)
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                head(pooled).squeeze(-1), labels
+                head(pooled).squeeze(-1), labels, pos_weight=positive_weight
             )
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             step += 1
             if step % 100 == 0:
                 elapsed = time.monotonic() - started
@@ -199,6 +221,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "freeze_layers": args.freeze_layers,
             "seed": args.seed,
             "final_loss": float(np.mean(losses[-200:])) if losses else math.nan,
+            "positive_weight": float(positive_weight),
+            "noisy_negative_cosine": NOISY_NEGATIVE,
         },
     }
     (args.out / "config.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
