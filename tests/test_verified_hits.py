@@ -2,8 +2,9 @@
 look-alikes are refused, and every answer says which check decided.
 
 The pairs are the hand-written sets in tests/data (paraphrases.jsonl and look_alikes.jsonl were
-written before the verifier was tuned; none of them trains or calibrates it). Each pair gets its own system prompt, so its query meets only its
-own cached prompt: one partition a pair.
+written before the verifier was tuned; none of them trains or calibrates it). Each pair gets its
+own system prompt, so its query meets only its own cached prompt: one partition a pair. These
+tests are the gate for shipping verifier weights: they skip until weights ship.
 """
 
 from __future__ import annotations
