@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 import os
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from semcache_server.adapters.verifiers.pair import PairModel, default_verifier_dir
+from semcache_server.app import PairScoring, load_pair_scoring
 from semcache_server.calibration.command import open_embedder
 from semcache_server.calibration.data import SPLITS, LabelledPair, Score, prepare_file
 from semcache_server.calibration.verified import Looked, decide, looked_file, score
@@ -88,14 +87,9 @@ def load_verified() -> VerifiedPolicy | None:
     return VerifiedPolicy.from_json(raw) if raw is not None else None
 
 
-def weights_tag() -> str:
-    weights = default_verifier_dir() / "model.safetensors"
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     embedder = open_embedder("local")
-    model = PairModel.load(threads=os.cpu_count() or 1)
+    scoring = load_pair_scoring(os.cpu_count() or 1, args.verifier_dir)
     policy = (
         load_verified()
         if args.policy is None
@@ -103,14 +97,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     lexical_policy = default_policy("local/all-MiniLM-L6-v2")
     report: dict[str, Any] = {"files": [], "cost_ms": {}}
-    tag = weights_tag()
+    tag = scoring.weights_sha256[:16]
     try:
         for path in args.data:
             prepared = await prepare_file(
                 path, embedder, split=args.split, limit=args.limit, cache_dir=args.embedding_cache
             )
             looked = looked_file(
-                prepared, model.logits, verifier_tag=tag, cache_dir=args.embedding_cache
+                prepared, scoring.logits, verifier_tag=tag, cache_dir=args.embedding_cache
             )
             rows = []
             for threshold in args.thresholds:
@@ -134,7 +128,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             if not args.json:
                 print(format_file(report["files"][-1]), flush=True)
-        report["cost_ms"] = await measure_cost(embedder, model, args.data[0])
+        report["cost_ms"] = await measure_cost(embedder, scoring, args.data[0])
     finally:
         await embedder.aclose()
     if not args.json:
@@ -147,7 +141,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-async def measure_cost(embedder: Any, model: PairModel, path: Path) -> dict[str, Any]:
+async def measure_cost(embedder: Any, scoring: PairScoring, path: Path) -> dict[str, Any]:
     """The real time of an embedding and of a verifier call over three candidates, one at a
     time, on queries of the first data file."""
     from semcache_server.calibration.data import read_pairs
@@ -159,7 +153,7 @@ async def measure_cost(embedder: Any, model: PairModel, path: Path) -> dict[str,
         await embedder.embed([pair.query])
         embedding.append(time.perf_counter() - started)
         started = time.perf_counter()
-        model.logits([(pair.query, pair.cached)] * 3)
+        scoring.logits([(pair.query, pair.cached)] * 3)
         verifier.append(time.perf_counter() - started)
     return {"embedding": percentiles(embedding), "verifier_top3": percentiles(verifier)}
 
@@ -189,6 +183,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--thresholds", type=float, nargs="*", default=list(STATIC_THRESHOLDS))
     parser.add_argument("--policy", type=Path, default=None, help="a verified policy JSON")
+    parser.add_argument(
+        "--verifier-dir", type=Path, default=None, help="verifier weights (default: shipped)"
+    )
     parser.add_argument("--embedding-cache", type=Path, default=None)
     parser.add_argument("--json", action="store_true")
     return parser

@@ -14,6 +14,7 @@ import gc
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -88,15 +89,20 @@ class PairScoring:
     logits: Callable[[Sequence[tuple[str, str]]], npt.NDArray[np.float32]]
 
 
-def load_pair_scoring(threads: int) -> PairScoring:
-    """The shipped pair verifier for calibration and benchmarks (blocking: loads the model)."""
+def load_pair_scoring(threads: int, verifier_dir: Path | None = None) -> PairScoring:
+    """A pair verifier for calibration and benchmarks: the shipped one, or the weights in
+    verifier_dir (`semcache train-verifier --out`). Blocking: loads the model."""
     import hashlib
 
     from semcache_server.adapters.verifiers import pair
 
-    weights = pair.default_verifier_dir() / "model.safetensors"
+    directory = pair.default_verifier_dir() if verifier_dir is None else verifier_dir
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"no verifier weights in {directory}: pass --verifier-dir")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    return PairScoring(pair.MODEL_ID, digest, pair.PairModel.load(threads=threads).logits)
+    model = pair.PairModel.load(directory, threads=threads)
+    return PairScoring(pair.MODEL_ID, digest, model.logits)
 
 
 def build_judge(settings: Settings) -> Judge | None:

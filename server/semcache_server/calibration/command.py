@@ -129,6 +129,7 @@ async def calibrate_verified_async(
     limit: int | None = None,
     cache_dir: Path | None = None,
     guards: Sequence[str] = (),
+    verifier_dir: Path | None = None,
 ) -> VerifiedPolicy:
     """Fit the verified policy of the local embedder and the shipped pair verifier.
 
@@ -138,7 +139,7 @@ async def calibrate_verified_async(
     from semcache_server.calibration.verified import choose_verified, concat, looked_file
 
     embedder = open_embedder("local")
-    scoring = load_pair_scoring(threads=os.cpu_count() or 1)
+    scoring = load_pair_scoring(os.cpu_count() or 1, verifier_dir)
     tag = scoring.weights_sha256
     try:
         parts = []
@@ -192,6 +193,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--guard", action="append", default=[], help="with --verifier: a guard kind that vetoes"
     )
+    parser.add_argument(
+        "--verifier-dir", type=Path, default=None, help="with --verifier: weights to use"
+    )
     return parser
 
 
@@ -207,6 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 limit=args.limit,
                 cache_dir=args.embedding_cache,
                 guards=args.guard,
+                verifier_dir=args.verifier_dir,
             )
         )
         text = json.dumps(verified.to_json(), indent=2) + "\n"
