@@ -176,7 +176,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(
                 head(pooled).squeeze(-1), labels, pos_weight=positive_weight
             )
-            loss.backward()  # type: ignore[no-untyped-call]
+            loss.backward()  # type: ignore[no-untyped-call, unused-ignore]
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             scheduler.step()
