@@ -264,6 +264,8 @@ def test_a_threshold_outside_zero_to_one_is_refused() -> None:
         ("The girl isn't lying on the grass", "The girl is lying on the grass", "negation"),
         ("A person is folding a tortilla", "A person is unfolding a tortilla", "opposite"),
         ("Is Python faster than Java?", "Is Java faster than Python?", "swapped_roles"),
+        ("What causes type I diabetes?", "What causes type II diabetes?", "number"),
+        ("Who won World War I?", "Who won World War II?", "number"),
     ],
 )
 def test_each_guard_names_what_differs(a: str, b: str, expected: str) -> None:

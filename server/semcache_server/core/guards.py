@@ -149,10 +149,14 @@ OPPOSITES = _opposites_by_stem()
 _NUMBER = re.compile(r"(\d+(?:\.\d+)*)(st|nd|rd|th|s)?")
 
 
+_ROMAN_CUE_STEMS = frozenset(stem(word) for word in _ROMAN_CUES)
+"""The cues as `_roman` meets them: it stems the word before the numeral ("type" -> "typ")."""
+
+
 def _roman(raw: str, previous: str) -> str | None:
     """The value of an upper-case Roman numeral ("World War II", "CFA level I"), else None."""
     value = _ROMAN.get(raw)
-    if value is None or (len(raw) == 1 and stem(previous) not in _ROMAN_CUES):
+    if value is None or (len(raw) == 1 and stem(previous) not in _ROMAN_CUE_STEMS):
         return None
     return value
 
