@@ -52,17 +52,6 @@ class Looked:
     correct: npt.NDArray[np.bool_]
     prompts: list[list[str]]
 
-    def subset(self, rows: npt.NDArray[np.intp]) -> Looked:
-        return Looked(
-            [self.pairs[i] for i in rows],
-            self.exact[rows],
-            self.exact_correct[rows],
-            self.cosine[rows],
-            self.logit[rows],
-            self.correct[rows],
-            [self.prompts[i] for i in rows],
-        )
-
 
 def look_up(
     asked: Sequence[LabelledPair], cached: Sequence[str], embedded: Embedded, top_k: int = TOP_K

@@ -20,7 +20,7 @@ from importlib import resources
 
 import numpy as np
 
-from semcache_server.calibration.data import Embedded, LabelledPair, split_of
+from semcache_server.calibration.data import Embedded, LabelledPair
 
 WORDS = resources.files("semcache_server.core") / "policies" / "words"
 
@@ -33,11 +33,6 @@ class TrainingPair:
     """1.0: the cached prompt's answer answers the query."""
     origin: str
     """Where the pair comes from (labelled file, mined, or the generator that made it)."""
-
-
-def held_out(pair: LabelledPair) -> bool:
-    """The half of a dev file that neither training nor calibration may see (`split_of`)."""
-    return split_of(pair) == "heldout"
 
 
 def connected_groups(pairs: Iterable[LabelledPair]) -> dict[str, int]:

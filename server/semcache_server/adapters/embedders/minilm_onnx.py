@@ -146,7 +146,7 @@ class _GraphBuilder:
         return self.op("LayerNormalization", [x, scale, bias], axis=-1, epsilon=eps)
 
 
-def _load_weights(model_dir: Path) -> dict[str, Array]:
+def load_weights(model_dir: Path) -> dict[str, Array]:
     """Loads the safetensors file, dropping a ``bert.`` prefix some exports carry.
 
     float16 tensors (the shipped weights) are upcast to float32 here, once: the graph and
@@ -180,7 +180,7 @@ def build_minilm_graph(model_dir: Path) -> bytes:
 
 def _build_model(model_dir: Path) -> tuple[onnx.ModelProto, dict[str, npt.NDArray[Any]]]:
     """The sentence-embedding graph of the weights in model_dir; see `build_bert_graph`."""
-    return build_bert_graph(BertConfig.read(model_dir), _load_weights(model_dir), pair_head=False)
+    return build_bert_graph(BertConfig.read(model_dir), load_weights(model_dir), pair_head=False)
 
 
 def build_bert_graph(
@@ -359,11 +359,6 @@ def load_tokenizer(model_dir: Path, max_length: int) -> Tokenizer:
         raise ValueError(f"{pad_token} missing from the tokenizer vocabulary")
     tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
     return tokenizer
-
-
-def load_weights(model_dir: Path) -> dict[str, Array]:
-    """The weights of model_dir as float32 arrays by name (see `_load_weights`)."""
-    return _load_weights(model_dir)
 
 
 class MiniLMOnnxModel:
