@@ -133,3 +133,44 @@ class ExactIndex:
 
     def __len__(self) -> int:
         return len(self._where)
+
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self._where
+
+    # --- for the tiered index, which promotes large partitions and saves snapshots -----------
+
+    def rows(self, partition: str) -> int:
+        rows = self._partitions.get(partition)
+        return len(rows.ids) if rows is not None else 0
+
+    def partition_of(self, entry_id: str) -> str | None:
+        located = self._where.get(entry_id)
+        return located[0] if located is not None else None
+
+    def ids(self, partition: str) -> list[str]:
+        with self._lock:
+            rows = self._partitions.get(partition)
+            return list(rows.ids) if rows is not None else []
+
+    def export(self, partition: str) -> tuple[list[str], Vector]:
+        """A copy of one partition's ids and rows."""
+        with self._lock:
+            rows = self._partitions[partition]
+            return list(rows.ids), rows.matrix[: len(rows.ids)].copy()
+
+    def export_all(self) -> list[tuple[str, list[str], Vector]]:
+        return [(name, *self.export(name)) for name in list(self._partitions)]
+
+    def partition_sizes(self) -> dict[str, int]:
+        with self._lock:
+            return {name: len(rows.ids) for name, rows in self._partitions.items()}
+
+    def drop(self, partition: str) -> None:
+        """Forget a whole partition (its entries moved to a graph)."""
+        with self._lock:
+            rows = self._partitions.pop(partition, None)
+            for entry_id in rows.ids if rows is not None else ():
+                self._where.pop(entry_id, None)
+
+    def memory_bytes(self) -> int:
+        return sum(rows.matrix.nbytes for rows in list(self._partitions.values()))
