@@ -3,79 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from semcache_server.testing.ollama_protocol import FakeOllama
-from semcache_server.testing.redis_process import free_port
-
-SEMCACHE = shutil.which("semcache") or str(Path(sys.executable).parent / "semcache")
-
-
-def _environment() -> dict[str, str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("SEMCACHE_", "REDIS_"))}
-    environment.pop("OLLAMA_HOST", None)
-    return environment
-
-
-class ServeProcess:
-    def __init__(self, state_dir: Path, ollama_url: str) -> None:
-        self.port = free_port()
-        self.target = f"127.0.0.1:{self.port}"
-        self._command = [
-            SEMCACHE,
-            "serve",
-            "--port",
-            str(self.port),
-            "--state-dir",
-            str(state_dir),
-            "--ollama-host",
-            ollama_url,
-        ]
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            self._command,
-            env=_environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        with grpc.insecure_channel(self.target) as channel:
-            health = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"semcache serve exited:\n{self.process.stdout.read()}")  # type: ignore[union-attr]
-                try:
-                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    time.sleep(0.2)
-        raise RuntimeError("semcache serve did not become healthy")
-
-    def terminate(self) -> tuple[int, str]:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        output, _ = self.process.communicate(timeout=30)
-        return self.process.returncode, output
+from semcache_server.testing.serve_process import SEMCACHE, ServeProcess, clean_environment
 
 
 def ask(target: str, prompt: str) -> tuple[dict[str, object], str]:
     done = subprocess.run(
         [SEMCACHE, "ask", prompt, "--target", target, "--json"],
-        env=_environment(),
+        env=clean_environment(),
         capture_output=True,
         text=True,
         timeout=60,

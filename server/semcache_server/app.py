@@ -20,11 +20,12 @@ import numpy as np
 import numpy.typing as npt
 
 from semcache_server.adapters.embedded_redis import EmbeddedRedis
-from semcache_server.adapters.indexes.exact import ExactIndex
+from semcache_server.adapters.indexes.tiered import TieredIndex
 from semcache_server.adapters.ollama_llm import OllamaBackend
+from semcache_server.adapters.redis_feed import RedisFeed
 from semcache_server.adapters.redis_store import RedisEntryStore
+from semcache_server.adapters.replication import IndexReplica, ReplicationSettings
 from semcache_server.core.chain import CacheChain, ChainSettings
-from semcache_server.core.domain import StoreUnavailable
 from semcache_server.core.layers import ExactLayer, SemanticLayer
 from semcache_server.core.outages import OutageLog
 from semcache_server.core.policy import (
@@ -46,8 +47,6 @@ from semcache_server.edge.server import GrpcServer
 from semcache_server.settings import Settings
 
 log = logging.getLogger(__name__)
-
-INDEX_RETRY_SECONDS = 5.0
 
 Part = Embedder | LLMBackend | EntryStore | Verifier | Judge
 """Something the cache is built from and must close."""
@@ -125,7 +124,8 @@ class Cache:
 
     chain: CacheChain
     semantic: SemanticLayer
-    store: EntryStore
+    store: RedisEntryStore
+    index: VectorIndex
     policy: HitPolicy
     embedder: Embedder
     store_outages: OutageLog
@@ -164,7 +164,9 @@ async def build_cache(
     """
     owned: list[Part] = []
     try:
-        store = RedisEntryStore.from_url(redis_url, timeout=settings.redis_timeout)
+        store = RedisEntryStore.from_url(
+            redis_url, timeout=settings.redis_timeout, feed_max_len=settings.feed_max_len
+        )
         owned.append(store)
         if embedder is None:
             # Loading a model takes a second of CPU: not on the event loop.
@@ -179,9 +181,11 @@ async def build_cache(
         await Cache.close_parts(owned)
         raise
     store_outages = OutageLog("Redis")
+    if index is None:
+        index = TieredIndex(settings.index_graph_rows)
     semantic = SemanticLayer(
         embedder,
-        index if index is not None else ExactIndex(),
+        index,
         store,
         policy,
         store_outages,
@@ -198,7 +202,7 @@ async def build_cache(
             limits=Limits(max_prompt_chars=settings.max_prompt_chars),
         ),
     )
-    return Cache(chain, semantic, store, policy, embedder, store_outages, owned)
+    return Cache(chain, semantic, store, index, policy, embedder, store_outages, owned)
 
 
 async def _default_policy(
@@ -234,8 +238,8 @@ class Service:
 
     grpc: GrpcServer
     cache: Cache
+    replica: IndexReplica
     embedded_redis: EmbeddedRedis | None = None
-    background: set[asyncio.Task[bool]] = field(default_factory=set)
 
     @property
     def port(self) -> int:
@@ -245,28 +249,26 @@ class Service:
         try:
             await self.grpc.stop(grace)
         finally:
-            for task in self.background:
-                task.cancel()
             try:
+                await self.replica.stop()
                 await self.cache.aclose()
             finally:
                 if self.embedded_redis is not None:
                     await asyncio.to_thread(self.embedded_redis.stop)
 
 
-async def _load_index(semantic: SemanticLayer, retry_seconds: float) -> bool:
-    """Rebuild the index from Redis; with retry_seconds, keep trying until Redis answers."""
-    while True:
-        try:
-            loaded = await semantic.rebuild()
-        except StoreUnavailable as error:
-            if not retry_seconds:
-                log.warning("cannot load the index yet (%s); retrying in the background", error)
-                return False
-            await asyncio.sleep(retry_seconds)
-            continue
-        log.info("index loaded: %d entries", loaded)
-        return True
+def build_replica(settings: Settings, redis_url: str, cache: Cache) -> IndexReplica:
+    """What keeps the cache's index in step with Redis: a snapshot, then the change feed."""
+    if not isinstance(cache.index, TieredIndex):
+        raise TypeError("replication needs the TieredIndex")
+    replication = ReplicationSettings(
+        snapshot_dir=settings.state_dir / "index",
+        snapshot_interval=settings.snapshot_interval,
+    )
+    feed = RedisFeed.from_url(
+        redis_url, settings.redis_timeout, replication.block_seconds, cache.store.layout
+    )
+    return IndexReplica(cache.index, cache.store, feed, cache.embedder.model_id, replication)
 
 
 async def start(
@@ -287,14 +289,14 @@ async def start(
             settings, redis_url, embedder=embedder, llm=llm, verifier=verifier
         )
         undo.push_async_callback(cache.aclose)
+        replica = build_replica(settings, redis_url, cache)
+        undo.push_async_callback(replica.stop)
+        # With Redis down this returns False at once: serve from the LLM, and the follower
+        # loads the index when Redis returns.
+        await replica.load()
+        replica.start_following()
         server = GrpcServer(cache.chain, settings.host, settings.port)
-        service = Service(server, cache, embedded)
-        undo.callback(lambda: [task.cancel() for task in service.background])
-        if not await _load_index(cache.semantic, retry_seconds=0):
-            # Redis is down: serve at once from the LLM; warm the semantic layer when it returns.
-            retry = asyncio.create_task(_load_index(cache.semantic, INDEX_RETRY_SECONDS))
-            service.background.add(retry)
-            retry.add_done_callback(service.background.discard)
+        service = Service(server, cache, replica, embedded)
         await server.start()
         undo.pop_all()
     gc.collect()  # start-up garbage (model building, index loading) would linger until a full GC

@@ -59,7 +59,8 @@ class Settings:
         default_state_dir,
         flag="--state-dir",
         env="SEMCACHE_STATE_DIR",
-        help="Where the embedded Redis keeps its data.",
+        help="Where the embedded Redis keeps its data and index snapshots are written; give "
+        "each replica its own.",
         shown_default="$XDG_STATE_HOME/semcache",
     )
     ollama_host: str | None = setting(
@@ -126,6 +127,27 @@ class Settings:
     )
     ttl_seconds: float = setting(
         0.0, flag="--ttl", env="SEMCACHE_TTL_SECONDS", help="Seconds an entry lives; 0 keeps it."
+    )
+    index_graph_rows: int = setting(
+        10_000,
+        flag="--index-graph-rows",
+        env="SEMCACHE_INDEX_GRAPH_ROWS",
+        help="A partition with this many entries is searched by an HNSW graph (usearch); "
+        "smaller ones exactly.",
+    )
+    snapshot_interval: float = setting(
+        300.0,
+        flag="--snapshot-interval",
+        env="SEMCACHE_SNAPSHOT_INTERVAL",
+        help="Seconds between index snapshots (written only when the index changed, and at "
+        "shutdown); 0: at shutdown only.",
+    )
+    feed_max_len: int = setting(
+        1_000_000,
+        flag="--feed-max-len",
+        env="SEMCACHE_FEED_MAX_LEN",
+        help="Changes the Redis change feed keeps; a replica that falls further behind rebuilds "
+        "its index.",
     )
     max_prompt_chars: int = setting(
         32_000,

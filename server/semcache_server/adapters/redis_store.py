@@ -1,7 +1,10 @@
 """The Redis entry store: cached answers with their embeddings and metadata, in Redis.
 
 One hash a entry, keyed by its deterministic id. The exact layer is one round trip (a script that
-counts the hit and returns the entry); the index is rebuilt from the stored embeddings at start-up.
+counts the hit and returns the entry). Every write, deletion and expiry is appended to the change
+feed (a Redis Stream, `adapters/redis_feed.py`) by the same Lua script that changes the entry, so
+the feed never misses a change and never reports one that did not happen. Entries with a TTL are
+also listed in a sorted set by deadline, from which `sweep_expired` reports expiries to the feed.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -49,6 +53,56 @@ redis.call('HINCRBY', KEYS[1], 'hits', 1)
 return redis.call('HMGET', KEYS[1], unpack(ARGV))
 """
 
+# Lua scripts run atomically: the entry, the expiry schedule, the feed's sequence number and its
+# stream change together or not at all. The sequence number lets a reader notice a gap (a trimmed
+# stream, a flushed or restored Redis). TIME makes deadlines the server's, not each replica's.
+_PUT = """
+redis.replicate_commands()
+local ttl = tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('HSETNX', KEYS[1], 'hits', 0)
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  redis.call('ZADD', KEYS[4], now_ms + ttl, ARGV[1])
+else
+  redis.call('PERSIST', KEYS[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+end
+local seq = redis.call('INCR', KEYS[3])
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'op', 'put', 'id', ARGV[1],
+  'partition', ARGV[4], 'model', ARGV[5], 'seq', seq, 'at', now_ms)
+"""
+
+_DELETE = """
+redis.replicate_commands()
+redis.call('ZREM', KEYS[4], ARGV[1])
+if redis.call('DEL', KEYS[1]) == 0 then return false end
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local seq = redis.call('INCR', KEYS[3])
+return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'op', 'delete', 'id', ARGV[1],
+  'seq', seq, 'at', now_ms)
+"""
+
+# Redis expires the hash itself (PEXPIRE); this reports it. Any replica may run it, as often as it
+# likes: an expiry is reported once, because it leaves the schedule in the same script.
+_SWEEP_EXPIRED = """
+redis.replicate_commands()
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, id in ipairs(due) do
+  redis.call('DEL', ARGV[2] .. id)
+  redis.call('ZREM', KEYS[3], id)
+  local seq = redis.call('INCR', KEYS[2])
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'op', 'expire', 'id', id,
+    'seq', seq, 'at', now_ms)
+end
+return #due
+"""
+
 _RECORD_HIT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HINCRBY', KEYS[1], 'hits', 1)
@@ -77,15 +131,63 @@ def _text(raw: bytes | None) -> str:
     return raw.decode("utf-8") if raw is not None else ""
 
 
+DEFAULT_FEED_MAX_LEN = 1_000_000
+"""About as many changes as a million-entry cache makes in a busy day; ~100 MB of Redis memory."""
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """Where everything lives in Redis, under one prefix."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def entry(self, entry_id: str) -> str:
+        return f"{self.prefix}entry:{entry_id}"
+
+    @property
+    def feed(self) -> str:
+        """The change feed, a stream."""
+        return f"{self.prefix}feed"
+
+    @property
+    def feed_sequence(self) -> str:
+        return f"{self.prefix}feed:seq"
+
+    @property
+    def feed_epoch(self) -> str:
+        """Names this Redis's feed; a flushed Redis gets a new one, and snapshots know it."""
+        return f"{self.prefix}feed:epoch"
+
+    @property
+    def expiries(self) -> str:
+        """Entries with a TTL, scored by their deadline in ms."""
+        return f"{self.prefix}expiries"
+
+
 class RedisEntryStore:
-    def __init__(self, client: aioredis.Redis, prefix: str = DEFAULT_PREFIX) -> None:
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        feed_max_len: int = DEFAULT_FEED_MAX_LEN,
+    ) -> None:
         self._redis = client
-        self._prefix = prefix
+        self.layout = KeyLayout(prefix)
+        self._feed_max_len = feed_max_len
         self._fetch_hit = client.register_script(_FETCH_HIT)
         self._record_hit = client.register_script(_RECORD_HIT)
+        self._put = client.register_script(_PUT)
+        self._delete = client.register_script(_DELETE)
+        self._sweep_expired = client.register_script(_SWEEP_EXPIRED)
 
     @classmethod
-    def from_url(cls, url: str, timeout: float, prefix: str = DEFAULT_PREFIX) -> RedisEntryStore:
+    def from_url(
+        cls,
+        url: str,
+        timeout: float,
+        prefix: str = DEFAULT_PREFIX,
+        feed_max_len: int = DEFAULT_FEED_MAX_LEN,
+    ) -> RedisEntryStore:
         """A client that fails fast: no retries with backoff, short timeouts, so a Redis outage
         costs a request milliseconds and not seconds."""
         client = aioredis.Redis.from_url(
@@ -95,10 +197,10 @@ class RedisEntryStore:
             retry=Retry(NoBackoff(), retries=0),
             health_check_interval=30,
         )
-        return cls(client, prefix)
+        return cls(client, prefix, feed_max_len)
 
     def _key(self, entry_id: str) -> str:
-        return f"{self._prefix}entry:{entry_id}"
+        return self.layout.entry(entry_id)
 
     @_unavailable_on_redis_error
     async def fetch_hit(self, entry_id: str) -> CachedEntry | None:
@@ -142,7 +244,6 @@ class RedisEntryStore:
         embedding: npt.NDArray[np.float32] | None,
         ttl_seconds: float | None,
     ) -> None:
-        key = self._key(entry.entry_id)
         mapping: dict[str, str | bytes] = {
             "prompt": entry.prompt,
             "text": entry.text,
@@ -160,16 +261,36 @@ class RedisEntryStore:
                 else b""
             ),
         }
-        # One transaction: a reader sees the whole entry or none of it. A rewrite of an existing
-        # entry (a refresh after skip_lookup) keeps its hit count.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
-            pipe.hsetnx(key, "hits", 0)
-            if ttl_seconds:
-                pipe.pexpire(key, int(ttl_seconds * 1000))
-            else:
-                pipe.persist(key)
-            await pipe.execute()
+        # One script: a reader sees the whole entry or none of it, and the feed reports it. A
+        # rewrite of an existing entry (a refresh after skip_lookup) keeps its hit count.
+        fields: list[str | bytes] = [item for pair in mapping.items() for item in pair]
+        ttl_ms = max(1, int(ttl_seconds * 1000)) if ttl_seconds else 0
+        await self._put(
+            keys=self._feed_keys(entry.entry_id),
+            args=[
+                entry.entry_id,
+                ttl_ms,
+                self._feed_max_len,
+                entry.partition,
+                entry.embedding_model,
+                *fields,
+            ],
+        )
+
+    def _feed_keys(self, entry_id: str) -> list[str]:
+        layout = self.layout
+        return [layout.entry(entry_id), layout.feed, layout.feed_sequence, layout.expiries]
+
+    @_unavailable_on_redis_error
+    async def sweep_expired(self, limit: int = 500) -> int:
+        """Report entries whose TTL has passed to the feed (and make sure they are gone)."""
+        layout = self.layout
+        return int(
+            await self._sweep_expired(
+                keys=[layout.feed, layout.feed_sequence, layout.expiries],
+                args=[self._feed_max_len, layout.entry(""), limit],
+            )
+        )
 
     async def vectors(self, embedding_model: str) -> AsyncIterator[StoredVector]:
         prefix_length = len(self._key(""))
@@ -201,7 +322,7 @@ class RedisEntryStore:
 
     @_unavailable_on_redis_error
     async def delete(self, entry_id: str) -> None:
-        await self._redis.delete(self._key(entry_id))
+        await self._delete(keys=self._feed_keys(entry_id), args=[entry_id, self._feed_max_len])
 
     @_unavailable_on_redis_error
     async def ping(self) -> None:

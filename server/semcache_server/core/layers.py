@@ -122,14 +122,6 @@ class SemanticLayer:
         self._embedder_outages.succeeded()
         return vector
 
-    async def rebuild(self) -> int:
-        """Load every stored embedding of this embedder into the index; raises StoreUnavailable."""
-        loaded = 0
-        async for stored in self._store.vectors(self._embedder.model_id):
-            self._index.add(stored.partition, stored.entry_id, stored.vector)
-            loaded += 1
-        return loaded
-
     async def _search(
         self, request: SemanticRequest, vector: Vector, policy: HitPolicy
     ) -> SemanticOutcome:

@@ -1,0 +1,164 @@
+"""Reading the change feed: the Redis Stream that the entry store appends every change to.
+
+Each change carries a sequence number, counted by the script that made it. A reader that
+applied change n expects n+1 next; anything else (the stream was trimmed past it, Redis was flushed
+or restored from an older file) is a `FeedGap`, and the reader rebuilds its index from the entries.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import numpy as np
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from semcache_server.adapters.redis_store import KeyLayout
+from semcache_server.core.domain import StoreUnavailable
+from semcache_server.core.ports import Vector
+
+_HEAD = """
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local id = '0-0'
+if #last > 0 then id = last[1][1] end
+return {id, redis.call('GET', KEYS[2]) or '0'}
+"""
+
+
+@dataclass(frozen=True)
+class FeedPosition:
+    """The last change applied: its stream id and sequence number."""
+
+    stream_id: str = "0-0"
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class Change:
+    op: str
+    """'put', 'delete' or 'expire'."""
+    entry_id: str
+    position: FeedPosition
+    partition: str = ""
+    embedding_model: str = ""
+    at_ms: int = 0
+    """When Redis made the change (its clock), for measuring propagation."""
+
+
+@dataclass(frozen=True)
+class StoredEmbedding:
+    partition: str
+    embedding_model: str
+    vector: Vector
+
+
+class FeedGap(Exception):
+    """Changes were lost between the position and the next change read: rebuild."""
+
+
+class RedisFeed:
+    """Reads the feed on a connection of its own, so a blocking read delays no request."""
+
+    def __init__(self, client: aioredis.Redis, layout: KeyLayout) -> None:
+        self._redis = client
+        self._layout = layout
+        self._head = client.register_script(_HEAD)
+
+    @classmethod
+    def from_url(
+        cls, url: str, timeout: float, block_seconds: float, layout: KeyLayout
+    ) -> RedisFeed:
+        client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout + block_seconds,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), retries=0),
+        )
+        return cls(client, layout)
+
+    async def epoch(self) -> str:
+        """This Redis's feed name, made on first use (a flushed Redis gets a new one)."""
+        try:
+            await self._redis.set(self._layout.feed_epoch, uuid.uuid4().hex, nx=True)
+            raw = await self._redis.get(self._layout.feed_epoch)
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
+        return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def head(self) -> FeedPosition:
+        """The newest change's position: a reader that starts here misses nothing after it."""
+        try:
+            stream_id, seq = await self._head(keys=[self._layout.feed, self._layout.feed_sequence])
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
+        return FeedPosition(_text(stream_id), int(_text(seq)))
+
+    async def read(self, after: FeedPosition, block_seconds: float, count: int) -> list[Change]:
+        """The changes after a position, waiting up to block_seconds for one; raises FeedGap."""
+        try:
+            reply = await self._redis.xread(
+                {self._layout.feed: after.stream_id},
+                count=count,
+                block=max(1, int(block_seconds * 1000)),
+            )
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
+        changes: list[Change] = []
+        expected = after.seq + 1
+        streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or [])
+        for _stream, records in streams:
+            for raw_id, fields in records:
+                change = _change(_text(raw_id), fields)
+                if change.position.seq != expected:
+                    raise FeedGap(
+                        f"expected change {expected} after {after.stream_id}, "
+                        f"read {change.position.seq}"
+                    )
+                expected += 1
+                changes.append(change)
+        return changes
+
+    async def embeddings(self, entry_ids: Sequence[str]) -> dict[str, StoredEmbedding]:
+        """The stored embeddings of entries that still exist, in one round trip."""
+        if not entry_ids:
+            return {}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for entry_id in entry_ids:
+                    pipe.hmget(
+                        self._layout.entry(entry_id), ["partition", "embedding_model", "embedding"]
+                    )
+                rows = await pipe.execute()
+        except (RedisError, OSError) as error:
+            raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
+        found = {}
+        for entry_id, (partition, model, raw) in zip(entry_ids, rows, strict=True):
+            if raw:
+                found[entry_id] = StoredEmbedding(
+                    _text(partition), _text(model), np.frombuffer(raw, dtype=np.float32)
+                )
+        return found
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()
+
+
+def _text(raw: object) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def _change(stream_id: str, raw_fields: object) -> Change:
+    fields = {_text(k): _text(v) for k, v in cast(dict[bytes, bytes], raw_fields).items()}
+    return Change(
+        op=fields.get("op", ""),
+        entry_id=fields.get("id", ""),
+        position=FeedPosition(stream_id, int(fields.get("seq", "0"))),
+        partition=fields.get("partition", ""),
+        embedding_model=fields.get("model", ""),
+        at_ms=int(fields.get("at", "0")),
+    )

@@ -1,0 +1,80 @@
+"""`semcache serve` as a real process, for tests and benchmarks that need several replicas or
+the front door exactly as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from semcache_server.testing.redis_process import free_port
+
+SEMCACHE = shutil.which("semcache") or str(Path(sys.executable).parent / "semcache")
+
+
+def clean_environment() -> dict[str, str]:
+    """This environment without semcache's own settings, so only the flags given count."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("SEMCACHE_", "REDIS_"))}
+    environment.pop("OLLAMA_HOST", None)
+    return environment
+
+
+class ServeProcess:
+    """One `semcache serve` on a free port; start() waits until it reports SERVING."""
+
+    def __init__(self, state_dir: Path, ollama_url: str, extra_args: Sequence[str] = ()) -> None:
+        self.port = free_port()
+        self.target = f"127.0.0.1:{self.port}"
+        self._command = [
+            SEMCACHE,
+            "serve",
+            "--port",
+            str(self.port),
+            "--state-dir",
+            str(state_dir),
+            "--ollama-host",
+            ollama_url,
+            *extra_args,
+        ]
+        self.process: subprocess.Popen[str] | None = None
+
+    def start(self, timeout: float = 60) -> ServeProcess:
+        self.process = subprocess.Popen(
+            self._command,
+            env=clean_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + timeout
+        with grpc.insecure_channel(self.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    output = self.process.stdout.read() if self.process.stdout else ""
+                    raise RuntimeError(f"semcache serve exited:\n{output}")
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return self
+                except grpc.RpcError:
+                    time.sleep(0.2)
+        raise RuntimeError("semcache serve did not become healthy")
+
+    def terminate(self) -> tuple[int, str]:
+        """SIGTERM, as an orchestrator stops it; returns the exit code and everything it printed."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        output, _ = self.process.communicate(timeout=30)
+        return self.process.returncode, output
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
