@@ -7,7 +7,7 @@ knows both. A test or a benchmark can hand in any object that fits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,13 +80,6 @@ class VectorIndex(Protocol):
 # --- entry store ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class StoredVector:
-    entry_id: str
-    partition: str
-    vector: Vector
-
-
 class EntryStore(Protocol):
     """Cached answers with their embeddings; every failure raises StoreUnavailable."""
 
@@ -107,10 +100,6 @@ class EntryStore(Protocol):
     async def put(
         self, entry: CachedEntry, embedding: Vector | None, ttl_seconds: float | None
     ) -> None: ...
-
-    def vectors(self, embedding_model: str) -> AsyncIterator[StoredVector]:
-        """Every stored embedding made by embedding_model, for rebuilding the index."""
-        ...
 
     async def ping(self) -> None: ...
 
