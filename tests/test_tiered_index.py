@@ -81,3 +81,16 @@ def test_the_index_module_can_be_imported_before_the_embedder_runtime() -> None:
         check=False,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_every_entry_of_a_small_graph_is_found() -> None:
+    """Two threads inserting into a small usearch graph left ~1% of its entries unreachable."""
+    missed = 0
+    for seed in range(10):
+        rows = unit_rows(180, seed=100 + seed)
+        index = TieredIndex(graph_rows=100)
+        index.add_many("p", [entry_id(n) for n in range(180)], rows)
+        for number, row in enumerate(rows):
+            found = index.nearest_now("p", row, 1)
+            missed += found[0].entry_id != entry_id(number)
+    assert missed == 0

@@ -134,7 +134,7 @@ class SemanticLayer:
             for neighbour in near:
                 entry = await self._store.fetch(neighbour.entry_id)
                 if entry is None:  # expired or deleted behind the index's back
-                    self._index.remove(neighbour.entry_id)
+                    await asyncio.to_thread(self._index.remove, neighbour.entry_id)
                 elif entry.partition == request.partition:
                     entries.append((entry, neighbour.similarity))
             if not entries:
@@ -170,7 +170,9 @@ class SemanticLayer:
             return False
         self._store_outages.succeeded()
         if vector is not None:
-            self._index.add(entry.partition, entry.entry_id, vector)
+            # Off the loop: adding to a large graph takes about a millisecond, and longer while
+            # the index writes a snapshot of that partition.
+            await asyncio.to_thread(self._index.add, entry.partition, entry.entry_id, vector)
         return True
 
 

@@ -61,7 +61,11 @@ class VectorIndex(Protocol):
     """Nearest cached prompts within one partition (a pre-filter, never a post-filter)."""
 
     def add(self, partition: str, entry_id: str, vector: Vector) -> None:
-        """Add or replace the vector of an entry (vectors are unit length)."""
+        """Add or replace the vector of an entry (vectors are unit length).
+
+        Must be safe to call from a worker thread: it may wait for a search or a snapshot, so
+        the semantic layer calls it off the event loop.
+        """
         ...
 
     def remove(self, entry_id: str) -> None: ...

@@ -42,6 +42,10 @@ DEFAULT_GRAPH_ROWS = 10_000
 """Exact search over 10k rows takes ~0.2 ms; past that an HNSW graph is faster."""
 
 
+_SERIAL_ROWS = 2_000
+"""A graph's first rows are inserted by one thread (see `_Graph.add_many`)."""
+
+
 @dataclass(frozen=True)
 class GraphParameters:
     """HNSW's knobs; the defaults reach recall@1 >= 0.99 on real MiniLM embeddings at 1M."""
@@ -78,7 +82,13 @@ class _Graph:
             present = [int(key) for key in keys if int(key) in self.ids]
             if present:
                 self.index.remove(np.asarray(present, dtype=np.uint64))
-            self.index.add(keys, vectors, threads=threads)
+            # Threads racing to insert into a small graph leave some nodes unreachable (about 1%
+            # of 180 entries; none single-threaded): a graph's first rows go in one at a time.
+            serial = max(0, min(len(keys), _SERIAL_ROWS - len(self.ids)))
+            if serial:
+                self.index.add(keys[:serial], vectors[:serial], threads=1)
+            if serial < len(keys):
+                self.index.add(keys[serial:], vectors[serial:], threads=threads)
             for key, entry_id in zip(keys.tolist(), entry_ids, strict=True):
                 self.ids[key] = entry_id
 
