@@ -25,6 +25,7 @@ from semcache_server.adapters.ollama_llm import OllamaBackend
 from semcache_server.adapters.redis_feed import RedisFeed
 from semcache_server.adapters.redis_store import RedisEntryStore
 from semcache_server.adapters.replication import IndexReplica, ReplicationSettings
+from semcache_server.core.admission import Admission
 from semcache_server.core.chain import CacheChain, ChainSettings
 from semcache_server.core.layers import ExactLayer, SemanticLayer
 from semcache_server.core.outages import OutageLog
@@ -47,6 +48,9 @@ from semcache_server.edge.server import GrpcServer
 from semcache_server.settings import Settings
 
 log = logging.getLogger(__name__)
+
+EMBEDDINGS_IN_FLIGHT = 2
+"""Embeddings handed to the embedder at once: one running, one ready, the rest queue here."""
 
 Part = Embedder | LLMBackend | EntryStore | Verifier | Judge
 """Something the cache is built from and must close."""
@@ -190,6 +194,12 @@ async def build_cache(
         policy,
         store_outages,
         max_temperature=settings.max_semantic_temperature,
+        embeddings=Admission(
+            "embeddings",
+            EMBEDDINGS_IN_FLIGHT,
+            settings.max_embedding_queue,
+            "--max-embedding-queue",
+        ),
     )
     chain = CacheChain(
         ExactLayer(store, store_outages),
@@ -200,6 +210,8 @@ async def build_cache(
             replay_chunk_chars=settings.replay_chunk_chars,
             speculative_llm=settings.speculative_llm,
             limits=Limits(max_prompt_chars=settings.max_prompt_chars),
+            max_llm_calls=settings.max_llm_calls,
+            max_llm_queue=settings.max_llm_queue,
         ),
     )
     return Cache(chain, semantic, store, index, policy, embedder, store_outages, owned)

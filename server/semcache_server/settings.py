@@ -149,6 +149,27 @@ class Settings:
         help="Changes the Redis change feed keeps; a replica that falls further behind rebuilds "
         "its index.",
     )
+    max_llm_calls: int = setting(
+        256,
+        flag="--max-llm-calls",
+        env="SEMCACHE_MAX_LLM_CALLS",
+        help="LLM calls in flight at once (identical questions share one call); Ollama queues "
+        "past its own OLLAMA_NUM_PARALLEL.",
+    )
+    max_llm_queue: int = setting(
+        1024,
+        flag="--max-llm-queue",
+        env="SEMCACHE_MAX_LLM_QUEUE",
+        help="Calls that may wait for an LLM slot; past that a miss gets RESOURCE_EXHAUSTED "
+        "at once.",
+    )
+    max_embedding_queue: int = setting(
+        256,
+        flag="--max-embedding-queue",
+        env="SEMCACHE_MAX_EMBEDDING_QUEUE",
+        help="Prompts that may wait to be embedded; past that a semantic lookup gets "
+        "RESOURCE_EXHAUSTED at once. Exact hits never wait.",
+    )
     max_prompt_chars: int = setting(
         32_000,
         flag="--max-prompt-chars",

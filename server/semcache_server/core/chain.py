@@ -1,8 +1,9 @@
 """The cache chain: exact layer, then semantic layer, then the LLM, cheapest first.
 
 Every answer is a stream of events (an Origin, text deltas, a Completion); the unary call joins it.
-`_generate` is the one place that decides whether an LLM answer is stored: only when the LLM
-finished it by itself, the text is not blank, and the caller allowed storing.
+A miss boards the flight (`core/flights.py`) already answering the same question, or launches one:
+concurrent identical misses make one LLM call. `_fly` is the one place that decides whether an LLM
+answer is stored. LLM calls pass admission control (`core/admission.py`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from semcache_server.core import keys
+from semcache_server.core.admission import Admission
 from semcache_server.core.domain import (
     Answer,
     AnswerEvent,
@@ -30,6 +32,7 @@ from semcache_server.core.domain import (
     Speculation,
     TextDelta,
 )
+from semcache_server.core.flights import Flight, FlightKey, Landing
 from semcache_server.core.layers import ExactLayer, SemanticLayer, SemanticRequest
 from semcache_server.core.ports import LLMBackend, LLMEvent, LLMFinish
 from semcache_server.core.validation import Limits, validate
@@ -47,6 +50,10 @@ class ChainSettings:
     speculative_llm: Speculation
     """When the LLM starts alongside the semantic lookup; a hit cancels it."""
     limits: Limits
+    max_llm_calls: int
+    """LLM calls in flight at once; single-flight riders do not count."""
+    max_llm_queue: int
+    """Calls that may wait for one of those; past that, RESOURCE_EXHAUSTED at once."""
     llm_send_patience: float = 0.005
     """How long other work waits for the LLM request to leave (a new connection takes longest);
     internal tuning, not a service setting."""
@@ -109,6 +116,13 @@ class CacheChain:
         self._semantic = semantic
         self._llm = llm
         self._settings = settings
+        self._flights: dict[FlightKey, Flight] = {}
+        self._llm_calls = Admission(
+            "LLM calls",
+            settings.max_llm_calls,
+            settings.max_llm_queue,
+            "--max-llm-calls, --max-llm-queue",
+        )
 
     async def ask(self, query: Query, control: CacheControl) -> Answer:
         origin: Origin | None = None
@@ -134,7 +148,9 @@ class CacheChain:
         semantic = self._semantic.begin(query, control)
         status = semantic.skipped
         judgement: Judgement | None = None
-        llm: PrefetchedStream | None = None
+        key: FlightKey = (entry_id, control.skip_store)
+        flight: Flight | None = None
+        shared = False
         try:
             if not control.skip_lookup:
                 entry = await self._exact.lookup(entry_id)
@@ -142,29 +158,31 @@ class CacheChain:
                     async for event in self._replay(entry, Source.EXACT, 1.0, started, None):
                         yield event
                     return
-                if semantic.skipped is None:
-                    if self._speculates(streaming):
-                        # Hide the semantic lookup behind the LLM's own time to first token;
-                        # a hit cancels the call before it has produced anything to waste.
-                        llm = await self._start_llm(query)
-                    outcome = await semantic.lookup()
-                    status, judgement = outcome.status, outcome.judgement
-                    if outcome.hit is not None:
-                        if llm is not None:
-                            await llm.aclose()
-                        async for event in self._replay(
-                            outcome.hit.entry,
-                            Source.SEMANTIC,
-                            outcome.hit.similarity,
-                            started,
-                            status,
-                            outcome.judgement,
-                        ):
-                            yield event
-                        return
-
-            if llm is None:
-                llm = await self._start_llm(query)
+            flight = self._board(key)
+            shared = flight is not None
+            if flight is None and not control.skip_lookup and semantic.skipped is None:
+                if self._speculates(streaming):
+                    # Hide the semantic lookup behind the LLM's own time to first token; a hit
+                    # leaves the flight, which cancels a call nobody else rides.
+                    flight = await self._launch(key, query, control, entry_id, semantic)
+                outcome = await semantic.lookup()
+                status, judgement = outcome.status, outcome.judgement
+                if outcome.hit is not None:
+                    async for event in self._replay(
+                        outcome.hit.entry,
+                        Source.SEMANTIC,
+                        outcome.hit.similarity,
+                        started,
+                        status,
+                        outcome.judgement,
+                    ):
+                        yield event
+                    return
+            if flight is None:
+                flight = self._board(key)  # another caller may have launched one meanwhile
+                shared = flight is not None
+            if flight is None:
+                flight = await self._launch(key, query, control, entry_id, semantic)
             yield Origin(
                 source=Source.LLM,
                 model=query.model,
@@ -173,19 +191,104 @@ class CacheChain:
                 decided_by=judgement.decided_by if judgement else None,
                 verifier_score=judgement.score if judgement else None,
                 judge_seconds=judgement.judge_seconds if judgement else None,
+                shared_llm_call=shared,
             )
-            async for event in self._generate(control, entry_id, semantic, started, llm.events()):
-                yield event
+            async for text in flight.ride():
+                yield TextDelta(text)
+            landing = flight.landing
+            assert landing is not None
+            finish = landing.finish
+            yield Completion(
+                stored=landing.stored,
+                entry_id=entry_id if landing.stored else "",
+                finish_reason=finish.finish_reason if finish else None,
+                prompt_tokens=finish.prompt_tokens if finish else 0,
+                completion_tokens=finish.completion_tokens if finish else 0,
+                total_seconds=time.monotonic() - started,
+            )
         finally:
+            if flight is not None:
+                flight.leave()
             semantic.close()
+
+    def _board(self, key: FlightKey) -> Flight | None:
+        """Join the LLM call already under way for this question, if there is one."""
+        flight = self._flights.get(key)
+        if flight is not None:
+            flight.board()
+        return flight
+
+    async def _launch(
+        self,
+        key: FlightKey,
+        query: Query,
+        control: CacheControl,
+        entry_id: str,
+        semantic: SemanticRequest,
+    ) -> Flight:
+        """Start the LLM call as a flight others may board; returns once its request has left.
+
+        The flight holds the semantic request too (it stores the answer with it), so the request
+        closes when both the caller and the flight are done with it.
+        """
+        semantic.hold()
+        flight = Flight()
+        flight.board()
+        self._flights[key] = flight
+
+        async def fly(flight: Flight) -> Landing:
+            try:
+                return await self._fly(flight, query, control, entry_id, semantic)
+            finally:
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+                semantic.close()
+
+        flight.take_off(fly)
+        await flight.departed.wait()
+        return flight
+
+    async def _fly(
+        self,
+        flight: Flight,
+        query: Query,
+        control: CacheControl,
+        entry_id: str,
+        semantic: SemanticRequest,
+    ) -> Landing:
+        """The one place that decides whether an LLM answer is stored: only when the LLM finished
+        it by itself, the text is not blank, and the callers allowed storing."""
+        await self._llm_calls.acquire()
+        llm: PrefetchedStream | None = None
+        try:
+            llm = PrefetchedStream(self._llm, query)
+            await llm.request_sent(self._settings.llm_send_patience)
+            flight.departed.set()
+            if not control.skip_store:
+                # The entry needs an embedding for later semantic hits; make it while the LLM talks.
+                semantic.embed_ahead()
+            finish: LLMFinish | None = None
+            async with contextlib.aclosing(llm.events()) as stream:
+                async for event in stream:
+                    if isinstance(event, TextDelta):
+                        flight.append(event.text)
+                    else:
+                        finish = event
+            stored = False
+            if (
+                finish is not None
+                and finish.finish_reason is FinishReason.STOP
+                and "".join(flight.deltas).strip()
+                and not control.skip_store
+            ):
+                stored = await semantic.store(
+                    entry_id, "".join(flight.deltas), self._settings.ttl_seconds
+                )
+            return Landing(stored, finish)
+        finally:
             if llm is not None:
                 await llm.aclose()
-
-    async def _start_llm(self, query: Query) -> PrefetchedStream:
-        """Starts the LLM call and lets it send its request before anything else runs."""
-        llm = PrefetchedStream(self._llm, query)
-        await llm.request_sent(self._settings.llm_send_patience)
-        return llm
+            self._llm_calls.release()
 
     def _speculates(self, streaming: bool) -> bool:
         mode = self._settings.speculative_llm
@@ -221,43 +324,5 @@ class CacheChain:
             stored=False,
             entry_id=entry.entry_id,
             finish_reason=None,
-            total_seconds=time.monotonic() - started,
-        )
-
-    async def _generate(
-        self,
-        control: CacheControl,
-        entry_id: str,
-        semantic: SemanticRequest,
-        started: float,
-        llm_events: AsyncGenerator[LLMEvent, None],
-    ) -> AsyncGenerator[AnswerEvent, None]:
-        if not control.skip_store:
-            # The entry needs an embedding for later semantic hits; make it while the LLM talks.
-            semantic.embed_ahead()
-        parts: list[str] = []
-        finish: LLMFinish | None = None
-        async with contextlib.aclosing(llm_events) as stream:
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    parts.append(event.text)
-                    yield event
-                else:
-                    finish = event
-        text = "".join(parts)
-        stored = False
-        if (
-            finish is not None
-            and finish.finish_reason is FinishReason.STOP
-            and text.strip()
-            and not control.skip_store
-        ):
-            stored = await semantic.store(entry_id, text, self._settings.ttl_seconds)
-        yield Completion(
-            stored=stored,
-            entry_id=entry_id if stored else "",
-            finish_reason=finish.finish_reason if finish else None,
-            prompt_tokens=finish.prompt_tokens if finish else 0,
-            completion_tokens=finish.completion_tokens if finish else 0,
             total_seconds=time.monotonic() - started,
         )

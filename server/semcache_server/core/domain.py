@@ -187,6 +187,8 @@ class Origin:
     """For a searched semantic layer: which check accepted or refused the nearest candidate."""
     verifier_score: float | None = None
     judge_seconds: float | None = None
+    shared_llm_call: bool = False
+    """The caller joined an LLM call already under way for the same question (single-flight)."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +245,10 @@ class LLMRejected(SemcacheError):
 
 class LLMStreamBroken(LLMUnavailable):
     """The LLM's stream ended before its final message; the partial answer is discarded."""
+
+
+class Overloaded(SemcacheError):
+    """Too many calls wait for the same resource (LLM calls, embeddings); the call is shed."""
 
 
 class StoreUnavailable(SemcacheError):

@@ -14,12 +14,14 @@ import time
 from dataclasses import dataclass, replace
 
 from semcache_server.core import keys
+from semcache_server.core.admission import Admission
 from semcache_server.core.domain import (
     CacheControl,
     CachedEntry,
     Candidate,
     EmbedderUnavailable,
     Judgement,
+    Overloaded,
     Query,
     SemanticStatus,
     StoreUnavailable,
@@ -75,6 +77,7 @@ class SemanticLayer:
         store_outages: OutageLog,
         *,
         max_temperature: float,
+        embeddings: Admission,
     ) -> None:
         self._embedder = embedder
         self._index = index
@@ -83,6 +86,7 @@ class SemanticLayer:
         self._store_outages = store_outages
         self._embedder_outages = OutageLog(f"embedder {embedder.model_id}")
         self._max_temperature = max_temperature
+        self._embeddings = embeddings
 
     @property
     def embedding_model(self) -> str:
@@ -114,11 +118,15 @@ class SemanticLayer:
         return None
 
     async def embed(self, prompt: str) -> Vector | None:
+        """None when the embedder failed; raises Overloaded when too many embeddings wait."""
+        await self._embeddings.acquire()
         try:
             vector: Vector = (await self._embedder.embed([prompt]))[0]
         except EmbedderUnavailable as error:
             self._embedder_outages.failed(error)
             return None
+        finally:
+            self._embeddings.release()
         self._embedder_outages.succeeded()
         return vector
 
@@ -194,6 +202,7 @@ class SemanticRequest:
         self._layer = layer
         self._policy = policy
         self._embedding: asyncio.Future[Vector | None] | None = None
+        self._holders = 1
 
     async def lookup(self) -> SemanticOutcome:
         """Search the partition and judge the nearest entry (only when `skipped` is None)."""
@@ -218,7 +227,10 @@ class SemanticRequest:
         Once the embedding is there, the write is shielded: a caller that leaves at the last moment
         does not leave an answer it fully received out of the cache.
         """
-        vector = await self._vector()
+        try:
+            vector = await self._vector()
+        except Overloaded:
+            vector = None  # stored for exact hits only: better than not at all
         query = self.query
         entry = CachedEntry(
             entry_id=entry_id,
@@ -235,9 +247,15 @@ class SemanticRequest:
         )
         return await asyncio.shield(self._layer._write(entry, vector, ttl_seconds))
 
+    def hold(self) -> None:
+        """Another owner (an LLM flight that will store with it): close() must be called once
+        more before the request really closes."""
+        self._holders += 1
+
     def close(self) -> None:
         """Stop an embedding nobody will read, and collect the failure of one nobody read."""
-        if self._embedding is None:
+        self._holders -= 1
+        if self._holders > 0 or self._embedding is None:
             return
         if not self._embedding.done():
             self._embedding.cancel()
@@ -245,12 +263,19 @@ class SemanticRequest:
             log.debug("an embedding nobody read failed", exc_info=self._embedding.exception())
 
     async def _vector(self) -> Vector | None:
-        """The prompt's embedding, made once; a failure is not remembered, so a later ask (the
-        write after the lookup) tries again."""
+        """The prompt's embedding, made once for the lookup and the write (which may run at the
+        same time, when the LLM is asked speculatively). A failure is not remembered, so a later
+        ask (the write after the lookup) tries again; a caller that leaves does not cancel an
+        embedding the other one waits for."""
         if self._embedding is None:
-            vector = await self._layer.embed(self.query.prompt)
-            if vector is not None:
-                self._embedding = asyncio.get_running_loop().create_future()
-                self._embedding.set_result(vector)
-            return vector
-        return await self._embedding
+            self._embedding = asyncio.ensure_future(self._layer.embed(self.query.prompt))
+        embedding = self._embedding
+        try:
+            vector = await asyncio.shield(embedding)
+        except Overloaded:
+            if self._embedding is embedding:
+                self._embedding = None
+            raise
+        if vector is None and self._embedding is embedding:
+            self._embedding = None
+        return vector

@@ -139,6 +139,7 @@ def answer_to_response(answer: Answer) -> pb.AskResponse:
         decided_by=_check(origin.decided_by),
         verifier_score=origin.verifier_score,
         judge_duration=_optional_duration(origin.judge_seconds),
+        shared_llm_call=origin.shared_llm_call,
     )
 
 
@@ -157,6 +158,7 @@ def origin_to_stream(origin: Origin) -> pb.AskStreamResponse:
             decided_by=_check(origin.decided_by),
             verifier_score=origin.verifier_score,
             judge_duration=_optional_duration(origin.judge_seconds),
+            shared_llm_call=origin.shared_llm_call,
         )
     )
 

@@ -21,6 +21,7 @@ from semcache_server.core.domain import (
     LLMUnavailable,
     ModelNotFound,
     Origin,
+    Overloaded,
 )
 from semcache_server.edge import converters
 
@@ -39,6 +40,7 @@ _STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (LLMRejected, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (LLMUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 
