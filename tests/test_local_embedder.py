@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -138,3 +139,18 @@ async def test_local_embedder_refuses_work_after_aclose(model: MiniLMOnnxModel) 
     await embedder.aclose()
     with pytest.raises(RuntimeError):
         await embedder.embed(["hello"])
+
+
+@pytest.mark.asyncio
+async def test_concurrent_embeddings_share_forward_passes_and_match_lone_ones(
+    embedder: LocalEmbedder,
+) -> None:
+    prompts = [f"Which river flows through city number {n}?" for n in range(40)]
+    alone = np.stack([(await embedder.embed([prompt]))[0] for prompt in prompts[:4]])
+    passes_before = embedder.passes
+
+    together = await asyncio.gather(*(embedder.embed([prompt]) for prompt in prompts))
+
+    assert embedder.passes - passes_before <= 3  # 40 requests: one alone, then batches of 32
+    assert [rows.shape for rows in together] == [(1, embedder.dimensions)] * 40
+    assert np.all(_cosines(alone, np.concatenate(together[:4])) > 0.99999)

@@ -49,8 +49,9 @@ from semcache_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS_IN_FLIGHT = 2
-"""Embeddings handed to the embedder at once: one running, one ready, the rest queue here."""
+EMBEDDINGS_IN_FLIGHT = 64
+"""Prompts handed to the embedder at once: two of its batches (one running, one gathering);
+the rest wait here, up to --max-embedding-queue."""
 
 Part = Embedder | LLMBackend | EntryStore | Verifier | Judge
 """Something the cache is built from and must close."""
@@ -307,7 +308,7 @@ async def start(
         # loads the index when Redis returns.
         await replica.load()
         replica.start_following()
-        server = GrpcServer(cache.chain, settings.host, settings.port)
+        server = GrpcServer(cache.chain, settings.host, settings.port, settings.max_calls)
         service = Service(server, cache, replica, embedded)
         await server.start()
         undo.pop_all()

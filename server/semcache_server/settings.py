@@ -149,6 +149,13 @@ class Settings:
         help="Changes the Redis change feed keeps; a replica that falls further behind rebuilds "
         "its index.",
     )
+    max_calls: int = setting(
+        4096,
+        flag="--max-calls",
+        env="SEMCACHE_MAX_CALLS",
+        help="Calls in progress at once, of every kind; past it gRPC refuses a call with "
+        "RESOURCE_EXHAUSTED before it starts.",
+    )
     max_llm_calls: int = setting(
         256,
         flag="--max-llm-calls",

@@ -14,11 +14,31 @@ SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["SemcacheService"].full_
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 
 
-class GrpcServer:
-    """A grpc.aio server carrying the semcache service, health and reflection, not yet started."""
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+"""gRPC's own default, set on purpose: a prompt, its system prompt and history fit many times."""
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+"""A cached answer is replayed whole in a unary response."""
+MAX_STREAMS_PER_CONNECTION = 1024
+"""HTTP/2 streams one client connection may open at once; a pool of clients is not limited."""
 
-    def __init__(self, chain: CacheChain, host: str, port: int) -> None:
-        self.server = grpc.aio.server()
+
+class GrpcServer:
+    """A grpc.aio server carrying the semcache service, health and reflection, not yet started.
+
+    max_calls bounds the calls in progress over all connections: past it gRPC refuses a call with
+    RESOURCE_EXHAUSTED before any handler runs, the last line of defence behind the cache's own
+    admission control (which sheds misses long before and keeps serving exact hits).
+    """
+
+    def __init__(self, chain: CacheChain, host: str, port: int, max_calls: int) -> None:
+        self.server = grpc.aio.server(
+            maximum_concurrent_rpcs=max_calls,
+            options=[
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            ],
+        )
         semcache_pb2_grpc.add_SemcacheServiceServicer_to_server(  # type: ignore[no-untyped-call]
             SemcacheServicer(chain), self.server
         )
