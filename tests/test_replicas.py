@@ -6,6 +6,7 @@ entry, which the change feed brings within a second.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc
 from semcache_client import build_request
 from semcache_server.adapters.redis_store import RedisEntryStore
-from semcache_server.testing.ollama_protocol import FakeOllama
+from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 from semcache_server.testing.serve_process import ServeProcess
 from semcache_server.testing.tcp_proxy import TcpProxy
@@ -177,3 +178,27 @@ def test_a_replica_cut_off_from_redis_catches_up_when_it_returns(
         assert cut_off.source == pb.SOURCE_LLM  # served from the LLM while Redis was away
         for _, paraphrase in PAIRS[1:]:
             assert semantic_hit_within(second.target, paraphrase, 5.0) is not None, paraphrase
+
+
+@pytest.mark.asyncio
+async def test_identical_misses_on_two_replicas_make_one_llm_call(
+    replicas: Replicas, ollama: FakeOllama
+) -> None:
+    first, second = replicas.start("a"), replicas.start("b")
+    ollama.behaviour = Behaviour(first_token_delay=0.3, token_delay=0.02)
+    question = "Which rivers flow through Budapest?"
+
+    async def ask_async(target: str) -> pb.AskResponse:
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = semcache_pb2_grpc.SemcacheServiceStub(channel)  # type: ignore[no-untyped-call]
+            request = build_request(pb.AskRequest, question, model=MODEL)
+            response: pb.AskResponse = await stub.Ask(request, timeout=20)
+            return response
+
+    answers = await asyncio.gather(
+        *(ask_async(replica.target) for replica in (first, second) for _ in range(10))
+    )
+
+    assert ollama.call_count() == 1
+    assert len({answer.text for answer in answers}) == 1
+    assert sum(not answer.shared_llm_call for answer in answers) == 1

@@ -102,6 +102,11 @@ end
 return #due
 """
 
+_RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 _RECORD_HIT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HINCRBY', KEYS[1], 'hits', 1)
@@ -167,6 +172,10 @@ class KeyLayout:
         """Names this Redis's feed; a flushed Redis gets a new one, and snapshots know it."""
         return f"{self.prefix}feed:epoch"
 
+    def claim(self, entry_id: str) -> str:
+        """Held while one replica generates this entry's answer (cross-replica single-flight)."""
+        return f"{self.prefix}claim:{entry_id}"
+
     @property
     def expiries(self) -> str:
         """Entries with a TTL, scored by their deadline in ms."""
@@ -188,6 +197,7 @@ class RedisEntryStore:
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
         self._sweep_expired = client.register_script(_SWEEP_EXPIRED)
+        self._release_claim = client.register_script(_RELEASE_CLAIM)
 
     @classmethod
     def from_url(
@@ -332,6 +342,17 @@ class RedisEntryStore:
     @_unavailable_on_redis_error
     async def delete(self, entry_id: str) -> None:
         await self._delete(keys=self._feed_keys(entry_id), args=[entry_id, self._feed_max_len])
+
+    @_unavailable_on_redis_error
+    async def claim(self, entry_id: str, token: str, seconds: float) -> bool:
+        claimed = await self._redis.set(
+            self.layout.claim(entry_id), token, nx=True, px=max(1, int(seconds * 1000))
+        )
+        return bool(claimed)
+
+    @_unavailable_on_redis_error
+    async def release_claim(self, entry_id: str, token: str) -> None:
+        await self._release_claim(keys=[self.layout.claim(entry_id)], args=[token])
 
     @_unavailable_on_redis_error
     async def ping(self) -> None:

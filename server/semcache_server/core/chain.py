@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -54,6 +55,9 @@ class ChainSettings:
     """LLM calls in flight at once; single-flight riders do not count."""
     max_llm_queue: int
     """Calls that may wait for one of those; past that, RESOURCE_EXHAUSTED at once."""
+    claim_seconds: float = 30.0
+    """How long one replica's claim on a question lasts, and how long others wait for its answer."""
+    claim_poll_seconds: float = 0.05
     llm_send_patience: float = 0.005
     """How long other work waits for the LLM request to leave (a new connection takes longest);
     internal tuning, not a service setting."""
@@ -117,6 +121,8 @@ class CacheChain:
         self._llm = llm
         self._settings = settings
         self._flights: dict[FlightKey, Flight] = {}
+        self._token = uuid.uuid4().hex
+        """Names this replica's claims in Redis."""
         self._llm_calls = Admission(
             "LLM calls",
             settings.max_llm_calls,
@@ -191,7 +197,7 @@ class CacheChain:
                 decided_by=judgement.decided_by if judgement else None,
                 verifier_score=judgement.score if judgement else None,
                 judge_seconds=judgement.judge_seconds if judgement else None,
-                shared_llm_call=shared,
+                shared_llm_call=shared or flight.remote,
             )
             async for text in flight.ride():
                 yield TextDelta(text)
@@ -257,7 +263,49 @@ class CacheChain:
         semantic: SemanticRequest,
     ) -> Landing:
         """The one place that decides whether an LLM answer is stored: only when the LLM finished
-        it by itself, the text is not blank, and the callers allowed storing."""
+        it by itself, the text is not blank, and the callers allowed storing.
+
+        Across replicas, a claim in Redis says that one of them is generating this answer: the
+        others wait (a bounded time) for the stored entry instead of asking the LLM again. A
+        refresh (skip_lookup) always asks the LLM.
+        """
+        claimed = control.skip_lookup or await self._claim_or_wait(flight, entry_id)
+        if flight.landing_text is not None:  # another replica's answer arrived
+            flight.append(flight.landing_text)
+            return Landing(stored=False, finish=LLMFinish(FinishReason.STOP))
+        try:
+            return await self._generate(flight, query, control, entry_id, semantic)
+        finally:
+            if claimed and not control.skip_lookup:
+                await self._exact.release_claim(entry_id, self._token)
+
+    async def _claim_or_wait(self, flight: Flight, entry_id: str) -> bool:
+        """True once this replica holds the claim; False with flight.landing_text set when
+        another replica stored the answer meanwhile, or after the wait ran out."""
+        seconds = self._settings.claim_seconds
+        if await self._exact.claim(entry_id, self._token, seconds):
+            return True
+        flight.remote = True
+        flight.departed.set()  # no request of ours to let leave first
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await asyncio.sleep(self._settings.claim_poll_seconds)
+            entry = await self._exact.lookup(entry_id)
+            if entry is not None:
+                flight.landing_text = entry.text
+                return False
+            if await self._exact.claim(entry_id, self._token, seconds):
+                return True  # the other replica gave up (its call failed): ours now
+        return False
+
+    async def _generate(
+        self,
+        flight: Flight,
+        query: Query,
+        control: CacheControl,
+        entry_id: str,
+        semantic: SemanticRequest,
+    ) -> Landing:
         await self._llm_calls.acquire()
         llm: PrefetchedStream | None = None
         try:

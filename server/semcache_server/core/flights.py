@@ -34,6 +34,9 @@ class Flight:
         self.landing: Landing | None = None
         self.error: BaseException | None = None
         self._changed = asyncio.Event()
+        self.remote = False
+        """The answer comes from another replica's LLM call, read from Redis once stored."""
+        self.landing_text: str | None = None
         self.departed = asyncio.Event()
         """Set once the LLM request has left (or the flight ended): other work may start."""
         self._riders = 0

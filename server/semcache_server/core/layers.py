@@ -48,6 +48,31 @@ class ExactLayer:
         self._outages.succeeded()
         return entry
 
+    async def claim(self, entry_id: str, token: str, seconds: float) -> bool:
+        """True when this replica should generate the answer: it took the claim, or Redis is
+        down (nobody can wait for a stored answer then)."""
+        try:
+            return await self._store.claim(entry_id, token, seconds)
+        except StoreUnavailable as error:
+            self._outages.failed(error)
+            return True
+
+    async def release_claim(self, entry_id: str, token: str) -> None:
+        try:
+            await self._store.release_claim(entry_id, token)
+        except StoreUnavailable as error:
+            self._outages.failed(error)
+
+    async def wait_for(self, entry_id: str, seconds: float, every: float) -> CachedEntry | None:
+        """The entry once another replica has stored it, or None after seconds."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            await asyncio.sleep(every)
+            entry = await self.lookup(entry_id)
+            if entry is not None:
+                return entry
+        return None
+
 
 @dataclass(frozen=True)
 class SemanticHit:
