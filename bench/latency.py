@@ -1,10 +1,29 @@
-"""Latency of the cache's layers, measured through gRPC against a `semcache serve` process.
+"""Latency and throughput of the cache's layers, through gRPC against `semcache serve` processes.
 
-    .venv/bin/python -m bench.latency [--entries 2000] [--samples 500] [--json]
+    .venv/bin/python -m bench.latency [--entries 900] [--samples 300] [--seconds 5]
+        [--concurrency 1,32,256] [--overload 5000] [--json [PATH]]
 
-Prints p50/p90/p99 of an exact hit, a semantic hit, a miss answered by an Ollama-protocol server
-on loopback, and of the local embedding alone (in this process), plus hit throughput with
-concurrent callers. One run compares all of them on the same machine state.
+One command, one run, so every figure shares the machine's state (issue #11):
+
+1. One call in flight: p50/p90/p99 of the floor (a `grpc.health.v1.Health/Check` round trip on
+   the same server and channel, the least any call through this gRPC stack costs), an exact hit,
+   a semantic hit and a miss answered at once by an Ollama-protocol server on loopback, timed in
+   interleaved rounds so drift on a noisy machine hits every kind alike; and the bare embedding
+   of one prompt in this process (`MiniLMOnnxModel.encode`), after the servers have stopped.
+2. Each kind at every `--concurrency` level above 1: that many worker coroutines in a closed loop
+   for `--seconds`, one channel (its own HTTP/2 connection) per 32 workers; p50, p99, calls/s,
+   failures by status code, and the CPU used by this client, the server and the whole machine.
+   Level 1 is the interleaved rounds (its calls/s is 1 / mean latency).
+3. The goals of issue #11, each with PASS/FAIL: exact hit against the floor, semantic hit against
+   the bare embedding, hits/s at 32 callers.
+4. A mixed run: 256 callers, 50% exact hits, 25% semantic hits, 25% misses, for `--seconds`.
+5. Overload (`--overload N`, 0 skips it): a second `semcache serve` with small LLM bounds and a
+   slow Ollama-protocol server gets N concurrent distinct misses while a few workers on another
+   connection keep asking one stored exact hit; the misses' final status codes are tallied.
+
+Misses use `skip_store` and distinct prompts, so they stay misses. Without `--json` a markdown
+report is printed; `--json` prints every figure as JSON instead, and `--json PATH` writes the JSON
+to PATH and prints the report as well.
 """
 
 from __future__ import annotations
@@ -13,11 +32,19 @@ import argparse
 import asyncio
 import itertools
 import json
+import math
 import os
+import re
+import sys
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_client import build_request
@@ -57,6 +84,53 @@ LEVELS = [
     "musician",
 ]
 
+FLOOR = "floor (health check)"
+EXACT = "exact hit"
+SEMANTIC = "semantic hit"
+MISS = "miss (LLM)"
+EMBEDDING = "local embedding (in-process)"
+KINDS = (FLOOR, EXACT, SEMANTIC, MISS)
+MIX = (EXACT, EXACT, SEMANTIC, MISS)
+"""The mixed run's calls in turn: 50% exact hits, 25% semantic hits, 25% misses."""
+MIXED_CALLERS = 256
+WORKERS_PER_CHANNEL = 32
+"""One HTTP/2 connection per 32 callers, so a single connection is not the only bottleneck."""
+CALL_TIMEOUT = 30.0
+ROUND = 50
+"""Calls of one kind in a row in the interleaved rounds."""
+
+OVERLOAD_FIRST_TOKEN_DELAY = 2.0
+"""A slow LLM, so LLM slots stay taken and the queue in front of them fills."""
+OVERLOAD_FLAGS = ("--max-llm-calls", "64", "--max-llm-queue", "256")
+OVERLOAD_DEADLINE = 10.0
+OVERLOAD_STREAMS_PER_CHANNEL = 500
+"""Under the server's 1,024 streams a connection; the misses are spread over several."""
+OVERLOAD_HIT_WORKERS = 4
+OVERLOAD_MAX_GAP = 1.0
+"""Exact hits count as served throughout when none failed and none waited longer than this
+after the one before."""
+ACCEPTED_CODES = ("OK", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED")
+REPORTED_CODES = (*ACCEPTED_CODES, "CANCELLED", "other")
+
+# The goals of issue #11.
+EXACT_P50_OVER_FLOOR = 1.3
+EXACT_P99_OVER_FLOOR = 2.0
+EXACT_PER_SECOND_AT_32 = 2500.0
+SEMANTIC_OVER_EMBEDDING_MS = 1.0
+SEMANTIC_PER_SECOND_AT_32 = 400.0
+MIXED_EXACT_P99_MS = 5.0
+GOAL_CONCURRENCY = 32
+
+SEPARATE_CONNECTIONS = [("grpc.use_local_subchannel_pool", 1)]
+"""Without it, channels to one target with the same options share one connection."""
+
+Call = Callable[[int, int], Awaitable[None]]
+"""One timed call: (worker, call number) -> None; raises on a wrong answer."""
+
+
+class WrongAnswer(Exception):
+    """A call that succeeded but did not answer as its kind should (e.g. a miss served a hit)."""
+
 
 def prompts(count: int) -> list[tuple[str, str]]:
     """(cached prompt, paraphrase) pairs, all distinct."""
@@ -69,6 +143,13 @@ def prompts(count: int) -> list[tuple[str, str]]:
     return pairs[:count]
 
 
+def miss_requests(tag: str) -> Iterator[pb.AskRequest]:
+    """Endless distinct prompts far from every cached one, not stored: each stays a miss."""
+    for i in itertools.count():
+        prompt = f"Tell me {tag} fact number {i} about {TOPICS[i % len(TOPICS)]}."
+        yield build_request(pb.AskRequest, prompt, model=MODEL, skip_store=True)
+
+
 async def fill(stub: pb_grpc.SemcacheServiceStub, cached: list[str], concurrency: int = 8) -> None:
     queue = list(cached)
 
@@ -77,47 +158,355 @@ async def fill(stub: pb_grpc.SemcacheServiceStub, cached: list[str], concurrency
             prompt = queue.pop()
             # Exact-only while filling, so that look-alike prompts each get their own entry.
             request = build_request(pb.AskRequest, prompt, model=MODEL, similarity_threshold=0.0)
-            await stub.Ask(request, timeout=30)
+            await stub.Ask(request, timeout=CALL_TIMEOUT)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def timed(
-    stub: pb_grpc.SemcacheServiceStub, requests: list[pb.AskRequest], expect: int
-) -> list[float]:
-    """One call in flight: the latency a single caller sees."""
-    durations = []
-    for request in requests:
-        started = time.perf_counter()
-        response = await stub.Ask(request, timeout=30)
-        durations.append(time.perf_counter() - started)
+def open_channels(target: str, count: int) -> list[grpc.aio.Channel]:
+    """Channels that each open their own connection."""
+    return [grpc.aio.insecure_channel(target, options=SEPARATE_CONNECTIONS) for _ in range(count)]
+
+
+def channels_for(workers: int) -> int:
+    return math.ceil(workers / WORKERS_PER_CHANNEL)
+
+
+def health_call(channels: Sequence[grpc.aio.Channel]) -> Call:
+    stubs = [health_pb2_grpc.HealthStub(channel) for channel in channels]
+    request = health_pb2.HealthCheckRequest()
+
+    async def call(worker: int, number: int) -> None:
+        response = await stubs[worker % len(stubs)].Check(request, timeout=CALL_TIMEOUT)
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            raise WrongAnswer("not SERVING")
+
+    return call
+
+
+def ask_call(
+    channels: Sequence[grpc.aio.Channel],
+    request_for: Callable[[int], pb.AskRequest],
+    expect: pb.Source,
+) -> Call:
+    stubs = [pb_grpc.SemcacheServiceStub(channel) for channel in channels]  # type: ignore[no-untyped-call]
+
+    async def call(worker: int, number: int) -> None:
+        request = request_for(number)
+        response = await stubs[worker % len(stubs)].Ask(request, timeout=CALL_TIMEOUT)
         if response.source != expect:
-            raise SystemExit(
-                f"expected source {expect}, got {response.source} for {request.prompt!r}"
-            )
-    return durations
+            raise WrongAnswer(f"source {pb.Source.Name(response.source)}")
+
+    return call
 
 
-async def throughput(
-    stub: pb_grpc.SemcacheServiceStub,
-    requests: list[pb.AskRequest],
-    concurrency: int,
+@dataclass
+class Workload:
+    """The requests of each kind; calls() binds them to a set of channels."""
+
+    exact: list[pb.AskRequest]
+    semantic: list[pb.AskRequest]
+    misses: Iterator[pb.AskRequest]
+
+    def calls(self, channels: Sequence[grpc.aio.Channel]) -> dict[str, Call]:
+        return {
+            FLOOR: health_call(channels),
+            EXACT: ask_call(channels, lambda i: self.exact[i % len(self.exact)], pb.SOURCE_EXACT),
+            SEMANTIC: ask_call(
+                channels, lambda i: self.semantic[i % len(self.semantic)], pb.SOURCE_SEMANTIC
+            ),
+            MISS: ask_call(channels, lambda i: next(self.misses), pb.SOURCE_LLM),
+        }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time spent on anything but idle and I/O wait, over all cores, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class CpuMeter:
+    """CPU used while a run lasts, in % of one core: shows which side ran out on a small box."""
+
+    server_pid: int
+    started: float = field(default_factory=time.perf_counter)
+    client: float = field(default_factory=time.process_time)
+    server: float = 0.0
+    machine: float = field(default_factory=machine_busy_seconds)
+
+    def __post_init__(self) -> None:
+        self.server = cpu_seconds(self.server_pid)
+
+    def read(self) -> dict[str, float]:
+        elapsed = time.perf_counter() - self.started
+        return {
+            "client_cpu_pct": 100 * (time.process_time() - self.client) / elapsed,
+            "server_cpu_pct": 100 * (cpu_seconds(self.server_pid) - self.server) / elapsed,
+            "machine_cpu_pct": 100 * (machine_busy_seconds() - self.machine) / elapsed,
+        }
+
+
+@dataclass
+class Tally:
+    """Latencies of the calls that succeeded, and the failures by status code, per kind."""
+
+    durations: dict[str, list[float]] = field(default_factory=dict)
+    failures: dict[str, Counter[str]] = field(default_factory=dict)
+
+    async def time(self, kind: str, call: Call, worker: int, number: int) -> None:
+        durations = self.durations.setdefault(kind, [])
+        failures = self.failures.setdefault(kind, Counter())
+        started = time.perf_counter()
+        try:
+            await call(worker, number)
+        except grpc.aio.AioRpcError as error:
+            failures[error.code().name] += 1
+            return
+        except WrongAnswer as error:
+            failures[str(error)] += 1
+            return
+        durations.append(time.perf_counter() - started)
+
+    def summary(self, kind: str, seconds: float) -> dict[str, Any]:
+        durations = self.durations.get(kind, [])
+        return {
+            **(percentiles(durations) if durations else {"n": 0.0}),
+            "calls_per_s": len(durations) / seconds,
+            "failures": dict(self.failures.get(kind, Counter())),
+        }
+
+
+async def rounds(calls: dict[str, Call], samples: int) -> dict[str, Any]:
+    """One call in flight, kinds interleaved in rounds so drift hits every kind alike."""
+    tally = Tally()
+    for start in range(0, samples, ROUND):
+        for kind, call in calls.items():
+            for number in range(start, min(start + ROUND, samples)):
+                await tally.time(kind, call, 0, number)
+    results = {}
+    for kind in calls:
+        busy = sum(tally.durations.get(kind, []))
+        results[kind] = tally.summary(kind, busy) if busy else tally.summary(kind, 1.0)
+        results[kind]["workers"] = 1
+        results[kind]["channels"] = 1
+    return results
+
+
+async def closed_loop(
+    calls: dict[str, Call],
+    mix: Sequence[str],
+    workers: int,
     seconds: float,
-) -> float:
-    done = 0
+    server_pid: int,
+) -> dict[str, Any]:
+    """workers coroutines, each starting its next call when the last returns, for seconds; the
+    calls take their kinds from mix in turn."""
+    tally = Tally()
+    numbers = itertools.count()
+    meter = CpuMeter(server_pid)
     stop_at = time.perf_counter() + seconds
 
-    async def worker(offset: int) -> None:
-        nonlocal done
-        i = offset
+    async def worker(index: int) -> None:
         while time.perf_counter() < stop_at:
-            await stub.Ask(requests[i % len(requests)], timeout=30)
-            done += 1
-            i += concurrency
+            number = next(numbers)
+            kind = mix[number % len(mix)]
+            await tally.time(kind, calls[kind], index, number)
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    return done / (time.perf_counter() - started)
+    await asyncio.gather(*(worker(index) for index in range(workers)))
+    elapsed = time.perf_counter() - started
+    cpu = meter.read()
+    results = {}
+    for kind in tally.durations:
+        results[kind] = {**tally.summary(kind, elapsed), **cpu, "workers": workers}
+    return results
+
+
+async def accepted_paraphrases(
+    stub: pb_grpc.SemcacheServiceStub, semantic: list[pb.AskRequest]
+) -> list[pb.AskRequest]:
+    """The policy rightly refuses some template paraphrases (gray zone): time only the ones it
+    accepts, and say how many that was."""
+    accepted = []
+    for request in semantic:
+        probe = pb.AskRequest()
+        probe.CopyFrom(request)
+        probe.cache.skip_store = True
+        if (await stub.Ask(probe, timeout=CALL_TIMEOUT)).source == pb.SOURCE_SEMANTIC:
+            accepted.append(request)
+    return accepted
+
+
+async def measure_cache(args: argparse.Namespace) -> dict[str, Any]:
+    """Everything but the overload run, on one server whose LLM answers at once."""
+    pairs = prompts(args.entries)
+    levels = sorted(set(args.concurrency) | {1})
+    most_channels = max(channels_for(max(levels)), channels_for(MIXED_CALLERS))
+    results: dict[str, Any] = {"entries": args.entries, "cpu_cores": os.cpu_count()}
+    with fake_ollama() as ollama, semcache_server(ollama.url) as server:
+        channels = open_channels(server.target, most_channels)
+        try:
+            for channel in channels:
+                await asyncio.wait_for(channel.channel_ready(), timeout=30)
+            stub = pb_grpc.SemcacheServiceStub(channels[0])  # type: ignore[no-untyped-call]
+            idle_rss = rss_mb(server.pid)
+            fill_started = time.perf_counter()
+            await fill(stub, [cached for cached, _ in pairs])
+            results["fill_seconds"] = time.perf_counter() - fill_started
+            exact = [build_request(pb.AskRequest, c, model=MODEL) for c, _ in pairs]
+            semantic = [build_request(pb.AskRequest, p, model=MODEL) for _, p in pairs]
+            for request in exact[:50]:  # warm-up
+                await stub.Ask(request, timeout=CALL_TIMEOUT)
+            accepted = await accepted_paraphrases(stub, semantic)
+            results["paraphrases accepted"] = f"{len(accepted)}/{len(semantic)}"
+            if not accepted:
+                raise SystemExit("the policy accepted no paraphrase: no semantic hits to time")
+            workload = Workload(exact, accepted, miss_requests("bench"))
+            by_level: dict[str, dict[str, Any]] = {}
+            single = await rounds(workload.calls(channels[:1]), args.samples)
+            by_level["1"] = single
+            for level in levels:
+                if level == 1:
+                    continue
+                calls = workload.calls(channels[: channels_for(level)])
+                by_level[str(level)] = {}
+                for kind in KINDS:
+                    run = await closed_loop(calls, (kind,), level, args.seconds, server.pid)
+                    by_level[str(level)][kind] = {**run[kind], "channels": channels_for(level)}
+            results["levels"] = by_level
+            mixed_channels = channels_for(MIXED_CALLERS)
+            results["mixed"] = await closed_loop(
+                workload.calls(channels[:mixed_channels]),
+                MIX,
+                MIXED_CALLERS,
+                args.seconds,
+                server.pid,
+            )
+            results["mixed_channels"] = mixed_channels
+            results["server RSS MB idle"] = idle_rss
+            results["server RSS MB filled"] = rss_mb(server.pid)
+        finally:
+            for channel in channels:
+                await channel.close()
+    for kind in (EXACT, SEMANTIC, MISS):  # the figures this benchmark has always printed
+        results[kind] = single[kind]
+    for kind in (EXACT, SEMANTIC):
+        key = f"{kind}s/s ({GOAL_CONCURRENCY} concurrent)"
+        at_goal = results["levels"].get(str(GOAL_CONCURRENCY), {}).get(kind)
+        results[key] = at_goal["calls_per_s"] if at_goal else None
+    return results
+
+
+def setting_named(message: str) -> str:
+    """The command-line setting a RESOURCE_EXHAUSTED message names, or the message itself."""
+    found = re.findall(r"--[a-z][a-z-]+", message)
+    return ", ".join(found) if found else message
+
+
+async def overload(count: int) -> dict[str, Any]:
+    """count concurrent distinct misses against small LLM bounds and a slow LLM, while a few
+    workers on their own connection keep asking one stored exact hit."""
+    outcomes: dict[str, list[float]] = {code: [] for code in REPORTED_CODES}
+    other_codes: Counter[str] = Counter()
+    refusals: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    shared = 0
+    hits: list[float] = []
+    hit_finished: list[float] = []
+    hit_failures: Counter[str] = Counter()
+    slow = fake_ollama(first_token_delay=OVERLOAD_FIRST_TOKEN_DELAY)
+    with slow as ollama, semcache_server(ollama.url, *OVERLOAD_FLAGS) as server:
+        miss_channels = open_channels(
+            server.target, math.ceil(count / OVERLOAD_STREAMS_PER_CHANNEL)
+        )
+        hit_channels = open_channels(server.target, 1)
+        try:
+            for channel in [*miss_channels, *hit_channels]:
+                await asyncio.wait_for(channel.channel_ready(), timeout=30)
+            hit_stub = pb_grpc.SemcacheServiceStub(hit_channels[0])  # type: ignore[no-untyped-call]
+            stored = build_request(pb.AskRequest, "What is the capital of France?", model=MODEL)
+            await hit_stub.Ask(stored, timeout=CALL_TIMEOUT)
+            if (await hit_stub.Ask(stored, timeout=CALL_TIMEOUT)).source != pb.SOURCE_EXACT:
+                raise SystemExit("overload: the stored answer is not an exact hit")
+            miss_stubs = [pb_grpc.SemcacheServiceStub(c) for c in miss_channels]  # type: ignore[no-untyped-call]
+            requests = list(itertools.islice(miss_requests("overload"), count))
+            flood_over = asyncio.Event()
+
+            async def miss(index: int) -> None:
+                nonlocal shared
+                started = time.perf_counter()
+                try:
+                    response = await miss_stubs[index % len(miss_stubs)].Ask(
+                        requests[index], timeout=OVERLOAD_DEADLINE
+                    )
+                except grpc.aio.AioRpcError as error:
+                    code = error.code().name
+                    if code == "RESOURCE_EXHAUSTED":
+                        named = setting_named(error.details() or "")
+                        refusals[named] += 1
+                        examples.setdefault(named, error.details() or "")
+                    if code not in outcomes:
+                        other_codes[code] += 1
+                        code = "other"
+                    outcomes[code].append(time.perf_counter() - started)
+                    return
+                outcomes["OK"].append(time.perf_counter() - started)
+                shared += response.shared_llm_call
+
+            async def hitter() -> None:
+                while not flood_over.is_set():
+                    started = time.perf_counter()
+                    try:
+                        response = await hit_stub.Ask(stored, timeout=CALL_TIMEOUT)
+                    except grpc.aio.AioRpcError as error:
+                        hit_failures[error.code().name] += 1
+                        continue
+                    if response.source != pb.SOURCE_EXACT:
+                        hit_failures[f"source {pb.Source.Name(response.source)}"] += 1
+                        continue
+                    hit_finished.append(time.perf_counter())
+                    hits.append(hit_finished[-1] - started)
+
+            hitters = [asyncio.create_task(hitter()) for _ in range(OVERLOAD_HIT_WORKERS)]
+            started = time.perf_counter()
+            await asyncio.gather(*(miss(index) for index in range(count)))
+            elapsed = time.perf_counter() - started
+            flood_over.set()
+            await asyncio.gather(*hitters)
+        finally:
+            for channel in [*miss_channels, *hit_channels]:
+                await channel.close()
+    ends = [started, *(t for t in hit_finished if t <= started + elapsed), started + elapsed]
+    longest_gap = max(b - a for a, b in itertools.pairwise(sorted(ends)))
+    return {
+        "misses": count,
+        "flags": " ".join(OVERLOAD_FLAGS),
+        "first_token_delay_s": OVERLOAD_FIRST_TOKEN_DELAY,
+        "deadline_s": OVERLOAD_DEADLINE,
+        "miss_channels": len(miss_channels),
+        "seconds": elapsed,
+        "outcomes": {
+            code: {"count": len(durations), **(percentiles(durations) if durations else {})}
+            for code, durations in outcomes.items()
+        },
+        "other_codes": dict(other_codes),
+        "refused_by": dict(refusals),
+        "example_refusals": examples,
+        "shared_llm_calls": shared,
+        "exact_hits": {
+            **(percentiles(hits) if hits else {"n": 0.0}),
+            "workers": OVERLOAD_HIT_WORKERS,
+            "failures": dict(hit_failures),
+            "longest_gap_ms": 1000 * longest_gap,
+        },
+    }
 
 
 def embedding_latency(samples: int) -> list[float]:
@@ -135,97 +524,273 @@ def embedding_latency(samples: int) -> list[float]:
     return durations
 
 
-async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    pairs = prompts(args.entries)
-    results: dict[str, Any] = {"entries": args.entries}
-    with fake_ollama() as ollama, semcache_server(ollama.url) as server:
-        async with grpc.aio.insecure_channel(server.target) as channel:
-            stub = pb_grpc.SemcacheServiceStub(channel)  # type: ignore[no-untyped-call]
-            idle_rss = rss_mb(server.pid)
-            fill_started = time.perf_counter()
-            await fill(stub, [cached for cached, _ in pairs])
-            results["fill_seconds"] = time.perf_counter() - fill_started
-            exact = [build_request(pb.AskRequest, c, model=MODEL) for c, _ in pairs]
-            semantic = [build_request(pb.AskRequest, p, model=MODEL) for _, p in pairs]
-            misses = [
-                build_request(
-                    pb.AskRequest,
-                    f"Tell me fact number {i} about {TOPICS[i % len(TOPICS)]}.",
-                    model=MODEL,
-                    skip_store=True,
-                )
-                for i in range(args.samples)
-            ]
-            for request in exact[:50]:  # warm-up
-                await stub.Ask(request, timeout=30)
-            # The policy rightly refuses some template paraphrases (gray zone): time only the
-            # ones it accepts, and say how many that was.
-            accepted = []
-            for request in semantic:
-                probe = pb.AskRequest()
-                probe.CopyFrom(request)
-                probe.cache.skip_store = True
-                if (await stub.Ask(probe, timeout=30)).source == pb.SOURCE_SEMANTIC:
-                    accepted.append(request)
-            results["paraphrases accepted"] = f"{len(accepted)}/{len(semantic)}"
-            semantic = accepted
-            n = args.samples
-            # Interleaved in rounds so that drift on a noisy machine hits every kind alike.
-            samples: dict[str, list[float]] = {
-                "exact hit": [],
-                "semantic hit": [],
-                "miss (LLM)": [],
+def verdict(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #11's goals: (goal, measured, target, PASS/FAIL); a goal with no figure is skipped."""
+    single = results["levels"]["1"]
+    floor, exact, semantic = single[FLOOR], single[EXACT], single[SEMANTIC]
+    rows: list[dict[str, Any]] = []
+
+    def add(goal: str, measured: float, shown: str, target: str, passed: bool) -> None:
+        rows.append(
+            {
+                "goal": goal,
+                "measured": measured,
+                "shown": shown,
+                "target": target,
+                "verdict": verdict(passed),
             }
-            for start in range(0, n, 50):
-                end = min(start + 50, n)
-                samples["exact hit"] += await timed(
-                    stub, [exact[i % len(exact)] for i in range(start, end)], pb.SOURCE_EXACT
-                )
-                samples["semantic hit"] += await timed(
-                    stub,
-                    [semantic[i % len(semantic)] for i in range(start, end)],
-                    pb.SOURCE_SEMANTIC,
-                )
-                samples["miss (LLM)"] += await timed(stub, misses[start:end], pb.SOURCE_LLM)
-            for name, durations in samples.items():
-                results[name] = percentiles(durations)
-            results["exact hits/s (32 concurrent)"] = await throughput(
-                stub, exact, 32, args.seconds
+        )
+
+    ratio = exact["p50_ms"] / floor["p50_ms"]
+    add(
+        "exact hit p50 / floor p50",
+        ratio,
+        f"{ratio:.2f}x",
+        f"<= {EXACT_P50_OVER_FLOOR}x",
+        ratio <= EXACT_P50_OVER_FLOOR,
+    )
+    ratio = exact["p99_ms"] / floor["p99_ms"]
+    add(
+        "exact hit p99 / floor p99",
+        ratio,
+        f"{ratio:.2f}x",
+        f"<= {EXACT_P99_OVER_FLOOR}x",
+        ratio <= EXACT_P99_OVER_FLOOR,
+    )
+    embedding = results.get(EMBEDDING)
+    if embedding:
+        extra = semantic["p50_ms"] - embedding["p50_ms"]
+        add(
+            "semantic hit p50 - bare embedding p50",
+            extra,
+            f"{extra:.2f} ms",
+            f"<= {SEMANTIC_OVER_EMBEDDING_MS} ms",
+            extra <= SEMANTIC_OVER_EMBEDDING_MS,
+        )
+    at_goal = results["levels"].get(str(GOAL_CONCURRENCY))
+    if at_goal:
+        rate = at_goal[EXACT]["calls_per_s"]
+        add(
+            f"exact hits/s at {GOAL_CONCURRENCY} callers",
+            rate,
+            f"{rate:.0f}",
+            f">= {EXACT_PER_SECOND_AT_32:.0f}",
+            rate >= EXACT_PER_SECOND_AT_32,
+        )
+        rate = at_goal[SEMANTIC]["calls_per_s"]
+        add(
+            f"semantic hits/s at {GOAL_CONCURRENCY} callers",
+            rate,
+            f"{rate:.0f}",
+            f">= {SEMANTIC_PER_SECOND_AT_32:.0f}",
+            rate >= SEMANTIC_PER_SECOND_AT_32,
+        )
+    mixed = results["mixed"][EXACT]
+    if mixed.get("p99_ms") is not None:
+        p99 = mixed["p99_ms"]
+        add(
+            f"mixed run ({MIXED_CALLERS} callers) exact hit p99",
+            p99,
+            f"{p99:.2f} ms",
+            f"<= {MIXED_EXACT_P99_MS} ms",
+            p99 <= MIXED_EXACT_P99_MS,
+        )
+    over = results.get("overload")
+    if over:
+        bad = sum(over["outcomes"][code]["count"] for code in ("CANCELLED", "other"))
+        add(
+            "overload: misses end OK, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED",
+            bad,
+            f"{bad} otherwise",
+            "0 otherwise",
+            bad == 0,
+        )
+        hits = over["exact_hits"]
+        failed = sum(hits["failures"].values())
+        gap = hits["longest_gap_ms"]
+        add(
+            "overload: exact hits served throughout",
+            failed,
+            f"{int(hits['n'])} ok, {failed} failed, longest pause {gap:.0f} ms",
+            f"0 failed, pause < {OVERLOAD_MAX_GAP * 1000:.0f} ms",
+            failed == 0 and hits["n"] > 0 and gap < OVERLOAD_MAX_GAP * 1000,
+        )
+    return rows
+
+
+def cell(stats: dict[str, Any], key: str) -> str:
+    value = stats.get(key)
+    return "-" if value is None else f"{value:.2f}"
+
+
+def failures_text(failures: dict[str, int]) -> str:
+    return ", ".join(f"{code} {n}" for code, n in failures.items()) or "0"
+
+
+def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    single = results["levels"]["1"]
+    print(
+        f"## semcache latency: {results['entries']} entries, gRPC on loopback, "
+        f"{results['cpu_cores']} cores\n"
+    )
+    print(f"### One call in flight: interleaved rounds of {ROUND}, n = {args.samples} per kind\n")
+    print("| kind | p50 ms | p90 ms | p99 ms | max ms | x floor p50 | failed |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    floor_p50 = single[FLOOR]["p50_ms"]
+    for kind in (*KINDS, EMBEDDING):
+        stats = results[EMBEDDING] if kind == EMBEDDING else single[kind]
+        print(
+            f"| {kind} | {cell(stats, 'p50_ms')} | {cell(stats, 'p90_ms')} | "
+            f"{cell(stats, 'p99_ms')} | {cell(stats, 'max_ms')} | "
+            f"{stats['p50_ms'] / floor_p50:.2f} | "
+            f"{failures_text(stats.get('failures', {}))} |"
+        )
+    print(
+        f"\n### Concurrency: closed loop, {args.seconds:g} s per row; one channel (its own "
+        f"HTTP/2 connection) per {WORKERS_PER_CHANNEL} callers\n"
+    )
+    print(
+        "CPU is % of one core over the row (client: this process; machine: all "
+        f"{results['cpu_cores']} cores, so at most {100 * results['cpu_cores']}%). "
+        "Level 1 is the rounds above (calls/s = 1 / mean latency).\n"
+    )
+    print(
+        "| kind | in flight | channels | p50 ms | p99 ms | x floor p50 | calls/s | failed "
+        "| CPU client / server / machine % |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    for level, kinds in results["levels"].items():
+        floor_p50 = kinds[FLOOR]["p50_ms"]
+        for kind in KINDS:
+            stats = kinds[kind]
+            cpu = (
+                f"{stats['client_cpu_pct']:.0f} / {stats['server_cpu_pct']:.0f} / "
+                f"{stats['machine_cpu_pct']:.0f}"
+                if "client_cpu_pct" in stats
+                else "-"
             )
-            results["semantic hits/s (32 concurrent)"] = await throughput(
-                stub, semantic, 32, args.seconds
+            ratio = f"{stats['p50_ms'] / floor_p50:.2f}" if "p50_ms" in stats else "-"
+            print(
+                f"| {kind} | {level} | {stats['channels']} | {cell(stats, 'p50_ms')} | "
+                f"{cell(stats, 'p99_ms')} | {ratio} | {stats['calls_per_s']:.0f} | "
+                f"{failures_text(stats['failures'])} | {cpu} |"
             )
-            results["server RSS MB idle"] = idle_rss
-            results["server RSS MB filled"] = rss_mb(server.pid)
-    results["local embedding (in-process)"] = percentiles(embedding_latency(args.samples))
+    print(
+        f"\n### Mixed: {MIXED_CALLERS} callers, 50% exact / 25% semantic / 25% misses, "
+        f"{args.seconds:g} s, {results['mixed_channels']} channels\n"
+    )
+    print("| kind | p50 ms | p99 ms | calls/s | failed |")
+    print("|---|---:|---:|---:|---|")
+    for kind, stats in results["mixed"].items():
+        print(
+            f"| {kind} | {cell(stats, 'p50_ms')} | {cell(stats, 'p99_ms')} | "
+            f"{stats['calls_per_s']:.0f} | {failures_text(stats['failures'])} |"
+        )
+    some = next(iter(results["mixed"].values()))
+    print(
+        f"\nCPU: client {some['client_cpu_pct']:.0f}%, server {some['server_cpu_pct']:.0f}%, "
+        f"machine {some['machine_cpu_pct']:.0f}%"
+    )
+    over = results.get("overload")
+    if over:
+        print(
+            f"\n### Overload: {over['misses']} concurrent distinct misses, deadline "
+            f"{over['deadline_s']:g} s, over {over['miss_channels']} channels; `semcache serve "
+            f"{over['flags']}`, LLM first token after {over['first_token_delay_s']:g} s\n"
+        )
+        print("| final status | count | p50 ms | max ms |")
+        print("|---|---:|---:|---:|")
+        for code, stats in over["outcomes"].items():
+            print(
+                f"| {code} | {stats['count']} | {cell(stats, 'p50_ms')} | {cell(stats, 'max_ms')} |"
+            )
+        print(f"\nAll misses ended within {over['seconds']:.1f} s.")
+        if over["other_codes"]:
+            print(f"Other codes: {over['other_codes']}")
+        refused = ", ".join(f"{name}: {n}" for name, n in over["refused_by"].items())
+        print(f"RESOURCE_EXHAUSTED by setting named: {refused or 'none'}")
+        for named, message in over["example_refusals"].items():
+            print(f'Example ({named}): "{message}"')
+        print(f"Misses answered with shared_llm_call: {over['shared_llm_calls']}")
+        hits = over["exact_hits"]
+        print(
+            f"Exact hits meanwhile ({hits['workers']} workers, own connection): "
+            f"{int(hits['n'])} answered, p50 {cell(hits, 'p50_ms')} ms, "
+            f"p99 {cell(hits, 'p99_ms')} ms, max {cell(hits, 'max_ms')} ms, "
+            f"longest pause {hits['longest_gap_ms']:.0f} ms, "
+            f"failed: {failures_text(hits['failures'])}"
+        )
+    print("\n### Goals (issue #11)\n")
+    print("| goal | measured | target | verdict |")
+    print("|---|---|---|---|")
+    for row in results["goals"]:
+        print(f"| {row['goal']} | {row['shown']} | {row['target']} | {row['verdict']} |")
+    print("\n### Also\n")
+    for kind in (EXACT, SEMANTIC, MISS, EMBEDDING):
+        print(format_percentiles(kind, results[kind]))
+    exact, semantic = results[EXACT], results[SEMANTIC]
+    print(f"semantic / exact p50: {semantic['p50_ms'] / exact['p50_ms']:.1f}x")
+    idle, filled = results["server RSS MB idle"], results["server RSS MB filled"]
+    print(f"paraphrases the policy accepted: {results['paraphrases accepted']}")
+    print(
+        f"server RSS: {idle:.0f} MB idle, {filled:.0f} MB with {results['entries']} entries; "
+        f"filled in {results['fill_seconds']:.1f} s"
+    )
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    results = await measure_cache(args)
+    if args.overload > 0:
+        results["overload"] = await overload(args.overload)
+    results[EMBEDDING] = percentiles(embedding_latency(args.samples))
+    results["goals"] = goals(results)
     return results
+
+
+def concurrency_levels(text: str) -> list[int]:
+    levels = [int(part) for part in text.split(",") if part.strip()]
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("comma-separated counts of 1 or more")
+    return levels
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=900, help="cached entries (<= 900)")
-    parser.add_argument("--samples", type=int, default=500, help="timed calls of each kind")
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of throughput runs")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument("--samples", type=int, default=300, help="timed calls of each kind")
+    parser.add_argument(
+        "--seconds", type=float, default=5.0, help="length of each concurrent and the mixed run"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=concurrency_levels,
+        default=[1, 32, 256],
+        help="calls in flight, comma-separated (default 1,32,256)",
+    )
+    parser.add_argument(
+        "--overload", type=int, default=5000, help="concurrent misses of the overload run; 0 skips"
+    )
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="print JSON instead of the report; with PATH, write it there and print the report",
+    )
     args = parser.parse_args()
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     results = asyncio.run(measure(args))
-    if args.json:
-        print(json.dumps(results, indent=2))
+    if args.json == "-":
+        json.dump(results, sys.stdout, indent=2)
+        print()
         return
-    print(f"semcache latency, {args.entries} entries, one call in flight, through gRPC on loopback")
-    for name in ("exact hit", "semantic hit", "miss (LLM)", "local embedding (in-process)"):
-        print(format_percentiles(name, results[name]))
-    exact, semantic = results["exact hit"], results["semantic hit"]
-    print(f"semantic / exact p50: {semantic['p50_ms'] / exact['p50_ms']:.1f}x")
-    for name in ("exact hits/s (32 concurrent)", "semantic hits/s (32 concurrent)"):
-        print(f"{name:<34} {results[name]:8.0f}")
-    idle, filled = results["server RSS MB idle"], results["server RSS MB filled"]
-    print(f"paraphrases the policy accepted: {results['paraphrases accepted']}")
-    print(
-        f"server RSS: {idle:.0f} MB idle, {filled:.0f} MB with {args.entries} entries; "
-        f"filled in {results['fill_seconds']:.1f} s"
-    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    print_report(results, args)
 
 
 if __name__ == "__main__":

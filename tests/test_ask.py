@@ -495,3 +495,15 @@ async def test_entries_expire_after_the_ttl_from_both_layers(
     assert fresh.source == pb.SOURCE_SEMANTIC
     assert semantic_after.source == pb.SOURCE_LLM
     assert exact_after.source == pb.SOURCE_LLM
+
+
+@pytest.mark.asyncio
+async def test_exact_hits_survive_redis_forgetting_the_lookup_script(
+    semcache: Running, redis_process: RedisProcess
+) -> None:
+    first = await semcache.stub.Ask(ask(), timeout=10)
+    with redis.Redis.from_url(redis_process.url) as client:
+        client.script_flush()  # as after a Redis restart that kept the data
+    again = await semcache.stub.Ask(ask(), timeout=10)
+
+    assert first.stored and again.source == pb.SOURCE_EXACT and again.text == first.text

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from semcache_server.core.domain import CachedEntry, Role, StoreUnavailable, Turn
 
@@ -223,7 +223,14 @@ class RedisEntryStore:
 
     @_unavailable_on_redis_error
     async def fetch_hit(self, entry_id: str) -> CachedEntry | None:
-        values = await self._fetch_hit(keys=[self._key(entry_id)], args=list(_FIELDS))
+        """The exact layer's one round trip. EVALSHA is sent directly: redis-py's script object
+        costs more than the round trip itself on this path; it is loaded again if Redis lost it
+        (a restart, SCRIPT FLUSH)."""
+        key = self._key(entry_id)
+        try:
+            values = await self._redis.evalsha(self._fetch_hit.sha, 1, key, *_FIELDS)
+        except NoScriptError:
+            values = await self._fetch_hit(keys=[key], args=list(_FIELDS))
         return self._entry(entry_id, values) if values else None
 
     @_unavailable_on_redis_error

@@ -9,6 +9,7 @@ lookup and for the write alike. The chain asks it questions and never handles a 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -223,11 +224,15 @@ class SemanticRequest:
         self.query = query
         self.skipped = skipped
         """Why the layer may not answer this request; None when it may."""
-        self.partition = keys.partition_id(query, layer.embedding_model)
         self._layer = layer
         self._policy = policy
         self._embedding: asyncio.Future[Vector | None] | None = None
         self._holders = 1
+
+    @functools.cached_property
+    def partition(self) -> str:
+        """Computed on first use: an exact hit never needs it."""
+        return keys.partition_id(self.query, self._layer.embedding_model)
 
     async def lookup(self) -> SemanticOutcome:
         """Search the partition and judge the nearest entry (only when `skipped` is None)."""
