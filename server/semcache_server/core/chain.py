@@ -220,8 +220,9 @@ class CacheChain:
     def _board(self, key: FlightKey) -> Flight | None:
         """Join the LLM call already under way for this question, if there is one."""
         flight = self._flights.get(key)
-        if flight is not None:
-            flight.board()
+        if flight is None or not flight.boardable:
+            return None
+        flight.board()
         return flight
 
     async def _launch(

@@ -40,6 +40,7 @@ class Flight:
         self.departed = asyncio.Event()
         """Set once the LLM request has left (or the flight ended): other work may start."""
         self._riders = 0
+        self._abandoned = False
         self._task: asyncio.Task[None] | None = None
 
     def take_off(self, work: Callable[[Flight], Coroutine[Any, Any, Landing]]) -> None:
@@ -69,6 +70,12 @@ class Flight:
     def riders(self) -> int:
         return self._riders
 
+    @property
+    def boardable(self) -> bool:
+        """False once the last rider left (its call is being cancelled) or the call ended in
+        failure: a newcomer launches a flight of its own."""
+        return not self._abandoned and self.error is None
+
     def board(self) -> None:
         self._riders += 1
 
@@ -76,6 +83,7 @@ class Flight:
         """The last rider to leave cancels a call still under way: nobody would read it."""
         self._riders -= 1
         if self._riders == 0 and self._task is not None and not self._task.done():
+            self._abandoned = True
             self._task.cancel()
 
     async def ride(self) -> AsyncGenerator[str, None]:
