@@ -452,6 +452,8 @@ async def overload(count: int) -> dict[str, Any]:
                         named = setting_named(error.details() or "")
                         refusals[named] += 1
                         examples.setdefault(named, error.details() or "")
+                    elif code != "DEADLINE_EXCEEDED":
+                        examples.setdefault(code, error.details() or "")
                     if code not in outcomes:
                         other_codes[code] += 1
                         code = "other"
@@ -467,6 +469,7 @@ async def overload(count: int) -> dict[str, Any]:
                         response = await hit_stub.Ask(stored, timeout=CALL_TIMEOUT)
                     except grpc.aio.AioRpcError as error:
                         hit_failures[error.code().name] += 1
+                        examples.setdefault(f"exact hit {error.code().name}", error.details() or "")
                         continue
                     if response.source != pb.SOURCE_EXACT:
                         hit_failures[f"source {pb.Source.Name(response.source)}"] += 1
@@ -498,7 +501,7 @@ async def overload(count: int) -> dict[str, Any]:
         },
         "other_codes": dict(other_codes),
         "refused_by": dict(refusals),
-        "example_refusals": examples,
+        "examples": examples,
         "shared_llm_calls": shared,
         "exact_hits": {
             **(percentiles(hits) if hits else {"n": 0.0}),
@@ -622,6 +625,10 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def cell(stats: dict[str, Any], key: str) -> str:
     value = stats.get(key)
     return "-" if value is None else f"{value:.2f}"
@@ -699,7 +706,8 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     if over:
         print(
             f"\n### Overload: {over['misses']} concurrent distinct misses, deadline "
-            f"{over['deadline_s']:g} s, over {over['miss_channels']} channels; `semcache serve "
+            f"{over['deadline_s']:g} s, over {plural(over['miss_channels'], 'channel')}; "
+            f"`semcache serve "
             f"{over['flags']}`, LLM first token after {over['first_token_delay_s']:g} s\n"
         )
         print("| final status | count | p50 ms | max ms |")
@@ -713,7 +721,7 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             print(f"Other codes: {over['other_codes']}")
         refused = ", ".join(f"{name}: {n}" for name, n in over["refused_by"].items())
         print(f"RESOURCE_EXHAUSTED by setting named: {refused or 'none'}")
-        for named, message in over["example_refusals"].items():
+        for named, message in over["examples"].items():
             print(f'Example ({named}): "{message}"')
         print(f"Misses answered with shared_llm_call: {over['shared_llm_calls']}")
         hits = over["exact_hits"]

@@ -37,6 +37,12 @@ class GrpcServer:
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+                # gRPC core queues calls the Python server has not picked up yet and, past its
+                # own limits (~1,000 soft, 3,000 hard), drops them as CANCELLED before any
+                # handler runs. Raised to max_calls, a burst reaches the cache's admission
+                # control, which refuses with RESOURCE_EXHAUSTED and a reason.
+                ("grpc.server.max_pending_requests", max_calls),
+                ("grpc.server.max_pending_requests_hard_limit", max_calls),
             ],
         )
         semcache_pb2_grpc.add_SemcacheServiceServicer_to_server(  # type: ignore[no-untyped-call]
