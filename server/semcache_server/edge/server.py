@@ -20,6 +20,8 @@ MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 """A cached answer is replayed whole in a unary response."""
 MAX_STREAMS_PER_CONNECTION = 1024
 """HTTP/2 streams one client connection may open at once; a pool of clients is not limited."""
+PENDING_CALLS = 100_000
+"""Calls gRPC core may hold before the server picks them up (see the options below)."""
 
 
 class GrpcServer:
@@ -39,10 +41,10 @@ class GrpcServer:
                 ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
                 # gRPC core queues calls the Python server has not picked up yet and, past its
                 # own limits (~1,000 soft, 3,000 hard), drops them as CANCELLED before any
-                # handler runs. Raised to max_calls, a burst reaches the cache's admission
-                # control, which refuses with RESOURCE_EXHAUSTED and a reason.
-                ("grpc.server.max_pending_requests", max_calls),
-                ("grpc.server.max_pending_requests_hard_limit", max_calls),
+                # handler runs. Raised far past max_calls, a burst reaches the limit above and
+                # the cache's admission control, which refuse with RESOURCE_EXHAUSTED.
+                ("grpc.server.max_pending_requests", PENDING_CALLS),
+                ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
             ],
         )
         semcache_pb2_grpc.add_SemcacheServiceServicer_to_server(  # type: ignore[no-untyped-call]
