@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +17,9 @@ from semcache_server.adapters.embedders.minilm_onnx import MiniLMOnnxModel
 
 MODEL_ID = "local/all-MiniLM-L6-v2"
 
+
+EMBEDDER_NICENESS = 10
+"""How much lower the embedding thread runs than the event loop's (Linux threads have their own)."""
 
 MAX_BATCH = 32
 """Texts in one forward pass; past ~32 short prompts a bigger batch stops paying for itself."""
@@ -35,7 +41,9 @@ class LocalEmbedder:
     def __init__(self, model: MiniLMOnnxModel, max_batch: int = MAX_BATCH) -> None:
         self._model = model
         self._max_batch = max_batch
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="embedder", initializer=_yield_to_the_event_loop
+        )
         self._waiting: list[tuple[list[str], asyncio.Future[npt.NDArray[np.float32]]]] = []
         self._runner: asyncio.Task[None] | None = None
         self.passes = 0
@@ -97,3 +105,14 @@ class LocalEmbedder:
         if self._runner is not None and not self._runner.done():
             await asyncio.wait([self._runner], timeout=5)
         await asyncio.to_thread(self._executor.shutdown, wait=True)
+
+
+def _yield_to_the_event_loop() -> None:
+    """Run the embedding thread at a lower CPU priority than the event loop.
+
+    When the cores are saturated, an exact hit (a Redis round trip handled on the loop) should not
+    wait behind a forward pass that only a semantic lookup needs. Linux gives each thread its own
+    niceness; where that is refused, nothing changes.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), EMBEDDER_NICENESS)
