@@ -263,16 +263,14 @@ class CacheChain:
         entry_id: str,
         semantic: SemanticRequest,
     ) -> Landing:
-        """The one place that decides whether an LLM answer is stored: only when the LLM finished
-        it by itself, the text is not blank, and the callers allowed storing.
-
-        Across replicas, a claim in Redis says that one of them is generating this answer: the
+        """Across replicas, a claim in Redis says that one of them is generating this answer: the
         others wait (a bounded time) for the stored entry instead of asking the LLM again. A
-        refresh (skip_lookup) always asks the LLM.
-        """
-        claimed = control.skip_lookup or await self._claim_or_wait(flight, entry_id)
-        if flight.landing_text is not None:  # another replica's answer arrived
-            flight.append(flight.landing_text)
+        refresh (skip_lookup) always asks the LLM."""
+        claimed, stored_elsewhere = (
+            (True, None) if control.skip_lookup else await self._claim_or_wait(flight, entry_id)
+        )
+        if stored_elsewhere is not None:
+            flight.append(stored_elsewhere)
             return Landing(stored=False, finish=LLMFinish(FinishReason.STOP))
         try:
             return await self._generate(flight, query, control, entry_id, semantic)
@@ -280,12 +278,12 @@ class CacheChain:
             if claimed and not control.skip_lookup:
                 await self._exact.release_claim(entry_id, self._token)
 
-    async def _claim_or_wait(self, flight: Flight, entry_id: str) -> bool:
-        """True once this replica holds the claim; False with flight.landing_text set when
-        another replica stored the answer meanwhile, or after the wait ran out."""
+    async def _claim_or_wait(self, flight: Flight, entry_id: str) -> tuple[bool, str | None]:
+        """(True, None) once this replica holds the claim; (False, text) when another replica
+        stored the answer meanwhile; (False, None) when the wait ran out."""
         seconds = self._settings.claim_seconds
         if await self._exact.claim(entry_id, self._token, seconds):
-            return True
+            return True, None
         flight.remote = True
         flight.departed.set()  # no request of ours to let leave first
         deadline = time.monotonic() + seconds
@@ -293,11 +291,10 @@ class CacheChain:
             await asyncio.sleep(self._settings.claim_poll_seconds)
             entry = await self._exact.lookup(entry_id)
             if entry is not None:
-                flight.landing_text = entry.text
-                return False
+                return False, entry.text
             if await self._exact.claim(entry_id, self._token, seconds):
-                return True  # the other replica gave up (its call failed): ours now
-        return False
+                return True, None  # the other replica gave up (its call failed): ours now
+        return False, None
 
     async def _generate(
         self,
@@ -307,6 +304,8 @@ class CacheChain:
         entry_id: str,
         semantic: SemanticRequest,
     ) -> Landing:
+        """The one place that decides whether an LLM answer is stored: only when the LLM finished
+        it by itself, the text is not blank, and the callers allowed storing."""
         await self._llm_calls.acquire()
         llm: PrefetchedStream | None = None
         try:

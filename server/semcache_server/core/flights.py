@@ -36,7 +36,6 @@ class Flight:
         self._changed = asyncio.Event()
         self.remote = False
         """The answer comes from another replica's LLM call, read from Redis once stored."""
-        self.landing_text: str | None = None
         self.departed = asyncio.Event()
         """Set once the LLM request has left (or the flight ended): other work may start."""
         self._riders = 0
