@@ -46,8 +46,6 @@ class Change:
     position: FeedPosition
     partition: str = ""
     embedding_model: str = ""
-    at_ms: int = 0
-    """When Redis made the change (its clock), for measuring propagation."""
 
 
 @dataclass(frozen=True)
@@ -160,5 +158,4 @@ def _change(stream_id: str, raw_fields: object) -> Change:
         position=FeedPosition(stream_id, int(fields.get("seq", "0"))),
         partition=fields.get("partition", ""),
         embedding_model=fields.get("model", ""),
-        at_ms=int(fields.get("at", "0")),
     )

@@ -85,10 +85,6 @@ class IndexReplica:
         self._settings = settings
         self.position = FeedPosition()
         self.loaded = False
-        self.applied = 0
-        """Changes applied since start, for tests and benchmarks."""
-        self.last_lag_ms = 0.0
-        """How long the newest applied change took to get here from Redis."""
         self._epoch = ""
         self._rebuild_needed = False
         self._changed_since_snapshot = False
@@ -243,9 +239,7 @@ class IndexReplica:
         embeddings = await self._feed.embeddings(wanted)
         await asyncio.to_thread(self._apply_now, changes, embeddings)
         self.position = changes[-1].position
-        self.applied += len(changes)
         self._changed_since_snapshot = True
-        self.last_lag_ms = max(0.0, time.time() * 1000 - changes[-1].at_ms)
 
     def _apply_now(self, changes: list[Change], embeddings: dict[str, StoredEmbedding]) -> None:
         """In order: consecutive puts of a partition go in together; a removal ends a run."""

@@ -25,14 +25,6 @@ class Admission:
         self._active = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
 
-    @property
-    def active(self) -> int:
-        return self._active
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiting)
-
     async def acquire(self) -> None:
         """Take a slot, waiting in the queue if need be; Overloaded when the queue is full."""
         if self._active < self._limit and not self._waiting:

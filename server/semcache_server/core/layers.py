@@ -64,16 +64,6 @@ class ExactLayer:
         except StoreUnavailable as error:
             self._outages.failed(error)
 
-    async def wait_for(self, entry_id: str, seconds: float, every: float) -> CachedEntry | None:
-        """The entry once another replica has stored it, or None after seconds."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            await asyncio.sleep(every)
-            entry = await self.lookup(entry_id)
-            if entry is not None:
-                return entry
-        return None
-
 
 @dataclass(frozen=True)
 class SemanticHit:

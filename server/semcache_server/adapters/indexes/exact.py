@@ -161,10 +161,6 @@ class ExactIndex:
     def export_all(self) -> list[tuple[str, list[str], Vector]]:
         return [(name, *self.export(name)) for name in list(self._partitions)]
 
-    def partition_sizes(self) -> dict[str, int]:
-        with self._lock:
-            return {name: len(rows.ids) for name, rows in self._partitions.items()}
-
     def drop(self, partition: str) -> None:
         """Forget a whole partition (its entries moved to a graph)."""
         with self._lock:

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import numpy.typing as npt
 import onnxruntime  # noqa: F401  (must load before usearch: see below)
 from usearch.index import Index
 
@@ -218,13 +217,6 @@ class TieredIndex:
             self._where = other._where
             self._promoting.clear()
 
-    def partitions(self) -> dict[str, int]:
-        """Each partition's size."""
-        sizes = dict(self._exact.partition_sizes())
-        for name, graph in list(self._graphs.items()):
-            sizes[name] = len(graph.ids)
-        return sizes
-
     def graph_partitions(self) -> list[str]:
         return list(self._graphs)
 
@@ -366,7 +358,3 @@ class TieredIndex:
 def _read_ids(path: Path) -> list[str]:
     text = path.read_text()
     return text.split("\n") if text else []
-
-
-def as_vectors(rows: npt.ArrayLike) -> Vectors:
-    return np.ascontiguousarray(rows, dtype=np.float32)
