@@ -94,3 +94,15 @@ def test_every_entry_of_a_small_graph_is_found() -> None:
             found = index.nearest_now("p", row, 1)
             missed += found[0].entry_id != entry_id(number)
     assert missed == 0
+
+
+def test_ids_that_share_an_index_key_keep_the_last_one() -> None:
+    """A key is an id's first 64 bits: two ids alike there must not crash a batch."""
+    rows = unit_rows(300, seed=7)
+    first, second = "00000000000000001111111111111111", "00000000000000002222222222222222"
+    ids = [entry_id(n) for n in range(298)] + [first, second]
+    index = TieredIndex(graph_rows=100)
+    index.add_many("p", ids, rows)
+
+    found = index.nearest_now("p", rows[299], 1)
+    assert found[0].entry_id == second and len(index.nearest_now("p", rows[0], 1)) == 1
