@@ -1,5 +1,5 @@
 """Start-up of a real `semcache serve` on a Redis holding N entries: first without a snapshot (it
-reads every entry and builds the index), then, after a SIGTERM wrote one, from the snapshot.
+serves at once and reads every entry into the index meanwhile), then from the snapshot it wrote.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.startup [--entries 1000000]
 
@@ -65,6 +65,14 @@ def start_seconds(replica: ServeProcess) -> float:
     return time.monotonic() - started
 
 
+def snapshot_seconds(state_dir: Path, since: float) -> float:
+    """When the first snapshot appeared (with --snapshot-interval 1, right after the index was
+    loaded), counted from since."""
+    while not any(state_dir.glob("index/*/current/manifest.json")):
+        time.sleep(0.2)
+    return time.monotonic() - since
+
+
 def logged_seconds(output: str, pattern: str) -> str:
     found = re.search(pattern, output)
     return found.group(0) if found else "(not logged)"
@@ -79,8 +87,14 @@ def main() -> None:
         redis_process = RedisProcess(root / "redis").start()
         try:
             fill(redis_process.url, args.entries)
-            replica = ServeProcess(root / "state", NOWHERE, ["--redis-url", redis_process.url])
+            replica = ServeProcess(
+                root / "state",
+                NOWHERE,
+                ["--redis-url", redis_process.url, "--snapshot-interval", "1"],
+            )
+            launched = time.monotonic()
             cold = start_seconds(replica)
+            indexed = snapshot_seconds(root / "state", launched)
             stop_started = time.monotonic()
             _, cold_output = replica.terminate()
             stop = time.monotonic() - stop_started
@@ -95,7 +109,8 @@ def main() -> None:
     print(f"semcache serve start-up with {args.entries:,} entries in Redis")
     print("| start | seconds | what the log says |")
     print("|---|---|---|")
-    print(f"| no snapshot (reads every entry), to SERVING | {cold:.1f} | {rebuilt} |")
+    print(f"| no snapshot, to SERVING (exact hits) | {cold:.1f} | |")
+    print(f"| no snapshot, until every entry is indexed | {indexed:.1f} | {rebuilt} |")
     print(f"| SIGTERM, to exit (writes the snapshot) | {stop:.1f} | {written} |")
     print(f"| from the snapshot, to SERVING | {warm:.1f} (goal <= 30 s: {verdict}) | {loaded} |")
 

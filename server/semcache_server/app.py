@@ -49,6 +49,10 @@ from semcache_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
+INDEX_LOAD_PATIENCE = 10.0
+"""Seconds start-up waits for the index before serving without it (a snapshot loads in ~2 s at
+a million entries; reading every entry takes minutes)."""
+
 EMBEDDINGS_IN_FLIGHT = 64
 """Prompts handed to the embedder at once: two of its batches (one running, one gathering);
 the rest wait here, up to --max-embedding-queue."""
@@ -304,10 +308,9 @@ async def start(
         undo.push_async_callback(cache.aclose)
         replica = build_replica(settings, redis_url, cache)
         undo.push_async_callback(replica.stop)
-        # With Redis down this returns False at once: serve from the LLM, and the follower
-        # loads the index when Redis returns.
-        await replica.load()
-        replica.start_following()
+        # With Redis down this returns at once: serve from the LLM, and the follower loads the
+        # index when Redis returns. A long load (no snapshot, a large cache) goes on meanwhile.
+        await replica.start(patience=INDEX_LOAD_PATIENCE)
         server = GrpcServer(cache.chain, settings.host, settings.port, settings.max_calls)
         service = Service(server, cache, replica, embedded)
         await server.start()

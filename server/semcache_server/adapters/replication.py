@@ -92,6 +92,8 @@ class IndexReplica:
         self._outages = OutageLog("Redis change feed")
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._first_attempt = asyncio.Event()
+        """Set once the first load has succeeded or failed."""
 
     # --- life -----------------------------------------------------------------------------
 
@@ -104,6 +106,21 @@ class IndexReplica:
             log.warning("cannot load the index yet (%s); retrying in the background", error)
             return False
         return True
+
+    async def start(self, patience: float) -> bool:
+        """Load and follow the feed in the background; wait up to patience seconds for the load.
+
+        Returns True when the index is loaded. A large index without a snapshot (minutes at a
+        million entries) goes on loading while the server answers: exact hits at once, semantic
+        hits once it is in. With Redis down this returns at the first failed attempt.
+        """
+        self.start_following()
+        attempted = asyncio.ensure_future(self._first_attempt.wait())
+        try:
+            await asyncio.wait_for(attempted, patience)
+        except TimeoutError:
+            log.info("the index is still loading; serving meanwhile (exact hits work)")
+        return self.loaded
 
     def start_following(self) -> None:
         self._tasks = [
@@ -126,13 +143,16 @@ class IndexReplica:
     # --- loading --------------------------------------------------------------------------
 
     async def _load(self) -> None:
-        self._epoch = await self._feed.epoch()
-        if not self._rebuild_needed and await self._load_snapshot():
+        try:
+            self._epoch = await self._feed.epoch()
+            if not self._rebuild_needed and await self._load_snapshot():
+                self.loaded = True
+                return
+            await self._rebuild()
+            self._rebuild_needed = False
             self.loaded = True
-            return
-        await self._rebuild()
-        self._rebuild_needed = False
-        self.loaded = True
+        finally:
+            self._first_attempt.set()
 
     async def _load_snapshot(self) -> bool:
         directory = self._snapshot_root()
