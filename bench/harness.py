@@ -4,8 +4,6 @@ its own process, so the load generator never shares a GIL with the server it mea
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +16,8 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from semcache_server.testing.redis_process import RedisProcess, free_port
+from semcache_server.testing.serve_process import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 # Subjects for the prompts the benchmarks generate.
@@ -56,8 +54,6 @@ TOPICS = [
     "Bayes' theorem",
 ]
 
-SEMCACHE = shutil.which("semcache") or str(Path(sys.executable).parent / "semcache")
-
 
 def percentiles(samples_seconds: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99/max in milliseconds."""
@@ -86,7 +82,7 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def terminate(process: subprocess.Popen[bytes], within: float) -> None:
+def terminate(process: subprocess.Popen[bytes] | subprocess.Popen[str], within: float) -> None:
     """SIGTERM, so a server shuts down as in production; SIGKILL if it takes longer than within."""
     process.send_signal(signal.SIGTERM)
     try:
@@ -160,28 +156,16 @@ def fake_ollama(
 
 @dataclass
 class SemcacheProcess:
-    process: subprocess.Popen[bytes]
-    target: str
+    server: ServeProcess
     redis: RedisProcess
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.server.pid
 
-
-def wait_healthy(target: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError("semcache serve exited during start-up")
-            with contextlib.suppress(grpc.RpcError):
-                response = stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if response.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            time.sleep(0.1)
-    raise RuntimeError("semcache serve did not become healthy")
+    @property
+    def target(self) -> str:
+        return self.server.target
 
 
 @contextlib.contextmanager
@@ -189,28 +173,17 @@ def semcache_server(ollama_url: str, *extra_args: str) -> Iterator[SemcacheProce
     """`semcache serve` on a fresh redis-server, as a user would run it."""
     with tempfile.TemporaryDirectory(prefix="semcache-bench-") as scratch:
         redis = RedisProcess(Path(scratch) / "redis").start()
-        port = free_port()
-        environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OPENBLAS_NUM_THREADS": "1"}
-        process = subprocess.Popen(
-            [
-                SEMCACHE,
-                "serve",
-                "--port",
-                str(port),
-                "--redis-url",
-                redis.url,
-                "--ollama-host",
-                ollama_url,
-                "--log-level",
-                "WARNING",
-                *extra_args,
-            ],
-            env=environment,
+        server = ServeProcess(
+            Path(scratch) / "state",
+            ollama_url,
+            ["--redis-url", redis.url, "--log-level", "WARNING", *extra_args],
+            capture_output=False,
         )
-        target = f"127.0.0.1:{port}"
         try:
-            wait_healthy(target, process)
-            yield SemcacheProcess(process, target, redis)
+            server.start()
+            yield SemcacheProcess(server, redis)
         finally:
-            terminate(process, within=15)
+            if server.running():
+                assert server.process is not None
+                terminate(server.process, within=15)
             redis.stop()

@@ -215,8 +215,12 @@ async def build_cache(
             replay_chunk_chars=settings.replay_chunk_chars,
             speculative_llm=settings.speculative_llm,
             limits=Limits(max_prompt_chars=settings.max_prompt_chars),
-            max_llm_calls=settings.max_llm_calls,
-            max_llm_queue=settings.max_llm_queue,
+        ),
+        Admission(
+            "LLM calls",
+            settings.max_llm_calls,
+            settings.max_llm_queue,
+            "--max-llm-calls, --max-llm-queue",
         ),
     )
     return Cache(chain, semantic, store, index, policy, embedder, store_outages, owned)

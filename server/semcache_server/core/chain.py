@@ -51,10 +51,6 @@ class ChainSettings:
     speculative_llm: Speculation
     """When the LLM starts alongside the semantic lookup; a hit cancels it."""
     limits: Limits
-    max_llm_calls: int
-    """LLM calls in flight at once; single-flight riders do not count."""
-    max_llm_queue: int
-    """Calls that may wait for one of those; past that, RESOURCE_EXHAUSTED at once."""
     claim_seconds: float = 30.0
     """How long one replica's claim on a question lasts, and how long others wait for its answer."""
     claim_poll_seconds: float = 0.05
@@ -115,7 +111,9 @@ class CacheChain:
         semantic: SemanticLayer,
         llm: LLMBackend,
         settings: ChainSettings,
+        llm_calls: Admission,
     ) -> None:
+        """llm_calls bounds the LLM calls in flight and waiting (single-flight riders make none)."""
         self._exact = exact
         self._semantic = semantic
         self._llm = llm
@@ -123,12 +121,7 @@ class CacheChain:
         self._flights: dict[FlightKey, Flight] = {}
         self._token = uuid.uuid4().hex
         """Names this replica's claims in Redis."""
-        self._llm_calls = Admission(
-            "LLM calls",
-            settings.max_llm_calls,
-            settings.max_llm_queue,
-            "--max-llm-calls, --max-llm-queue",
-        )
+        self._llm_calls = llm_calls
 
     async def ask(self, query: Query, control: CacheControl) -> Answer:
         origin: Origin | None = None

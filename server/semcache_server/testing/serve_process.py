@@ -21,16 +21,28 @@ SEMCACHE = shutil.which("semcache") or str(Path(sys.executable).parent / "semcac
 
 
 def clean_environment() -> dict[str, str]:
-    """This environment without semcache's own settings, so only the flags given count."""
+    """This environment without semcache's own settings, so only the flags given count; nothing
+    is fetched from a model hub, and BLAS does not spin threads beside onnxruntime."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith(("SEMCACHE_", "REDIS_"))}
     environment.pop("OLLAMA_HOST", None)
+    environment.setdefault("HF_HUB_OFFLINE", "1")
+    environment.setdefault("OPENBLAS_NUM_THREADS", "1")
     return environment
 
 
 class ServeProcess:
     """One `semcache serve` on a free port; start() waits until it reports SERVING."""
 
-    def __init__(self, state_dir: Path, ollama_url: str, extra_args: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        ollama_url: str,
+        extra_args: Sequence[str] = (),
+        *,
+        capture_output: bool = True,
+    ) -> None:
+        """capture_output: keep what it prints for terminate() to return (tests); a long
+        benchmark lets it through instead, so a full pipe never blocks the server."""
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self._command = [
@@ -44,14 +56,19 @@ class ServeProcess:
             ollama_url,
             *extra_args,
         ]
+        self._capture_output = capture_output
         self.process: subprocess.Popen[str] | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
 
     def start(self, timeout: float = 60) -> ServeProcess:
         self.process = subprocess.Popen(
             self._command,
             env=clean_environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
+            stdout=subprocess.PIPE if self._capture_output else None,
+            stderr=subprocess.STDOUT if self._capture_output else None,
             text=True,
         )
         deadline = time.monotonic() + timeout
@@ -74,7 +91,7 @@ class ServeProcess:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         output, _ = self.process.communicate(timeout=30)
-        return self.process.returncode, output
+        return self.process.returncode, output or ""
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
