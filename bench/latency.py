@@ -1,7 +1,8 @@
 """Latency and throughput of the cache's layers, through gRPC against `semcache serve` processes.
 
     .venv/bin/python -m bench.latency [--entries 900] [--samples 300] [--seconds 5]
-        [--concurrency 1,32,256] [--overload 5000] [--json [PATH]]
+        [--concurrency 1,32,256] [--overload 5000] [--no-gptcache] [--only gptcache]
+        [--json [PATH]]
 
 One command, one run, so every figure shares the machine's state (issue #11):
 
@@ -20,6 +21,12 @@ One command, one run, so every figure shares the machine's state (issue #11):
 5. Overload (`--overload N`, 0 skips it): a second `semcache serve` with small LLM bounds and a
    slow Ollama-protocol server gets N concurrent distinct misses while a few workers on another
    connection keep asking one stored exact hit; the misses' final status codes are tallied.
+6. GPTCache side by side (`--no-gptcache` skips it): bench.gptcache_side, in its own environment
+   (`.venv-gptcache/`, made by `bench/gptcache_env.sh`; skipped with a note when absent), stores
+   the same entries and answers in GPTCache (SQLite + FAISS, the same MiniLM embedder) and times
+   its in-process `get` on the very lookups of step 1's exact and semantic hits, one at a time;
+   p50/p99 of both and the ratio against issue #11's goal (GPTCache >= 3x semcache's latency).
+   `--only gptcache` runs step 1 and this alone (a minute or two).
 
 Misses use `skip_store` and distinct prompts, so they stay misses. Without `--json` a markdown
 report is printed; `--json` prints every figure as JSON instead, and `--json PATH` writes the JSON
@@ -35,6 +42,7 @@ import json
 import math
 import os
 import re
+import resource
 import sys
 import time
 from collections import Counter
@@ -50,6 +58,7 @@ from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_client import build_request
 
 from bench.harness import (
+    ROOT,
     TOPICS,
     fake_ollama,
     format_percentiles,
@@ -120,6 +129,23 @@ SEMANTIC_OVER_EMBEDDING_MS = 1.0
 SEMANTIC_PER_SECOND_AT_32 = 400.0
 MIXED_EXACT_P99_MS = 5.0
 GOAL_CONCURRENCY = 32
+GPTCACHE_OVER_SEMCACHE = 3.0
+
+GPTCACHE_VENV = ROOT / ".venv-gptcache"
+GPTCACHE = "gptcache"
+GPTCACHE_KINDS = (EXACT, SEMANTIC)
+GPTCACHE_GET = "get"
+"""bench.gptcache_side's ways of timing a lookup, in the order reported, with what each includes."""
+GPTCACHE_WAYS = {
+    GPTCACHE_GET: "GPTCache `get` (embeds; default Config)",
+    "get, report off": "GPTCache `get`, `disable_report=True` (embeds)",
+    "get, embedding precomputed": "GPTCache `get`, embedding precomputed",
+    "embedding": "MiniLM embedding alone, in GPTCache's process",
+}
+SEMCACHE_INCLUDES = {
+    EXACT: "semcache `Ask` through gRPC (no embedding)",
+    SEMANTIC: "semcache `Ask` through gRPC (embeds)",
+}
 
 SEPARATE_CONNECTIONS = [("grpc.use_local_subchannel_pool", 1)]
 """Without it, channels to one target with the same options share one connection."""
@@ -150,17 +176,22 @@ def miss_requests(tag: str) -> Iterator[pb.AskRequest]:
         yield build_request(pb.AskRequest, prompt, model=MODEL, skip_store=True)
 
 
-async def fill(stub: pb_grpc.SemcacheServiceStub, cached: list[str], concurrency: int = 8) -> None:
+async def fill(
+    stub: pb_grpc.SemcacheServiceStub, cached: list[str], concurrency: int = 8
+) -> dict[str, str]:
+    """Stores each prompt's answer; returns them by prompt (GPTCache's side stores the same)."""
     queue = list(cached)
+    answers: dict[str, str] = {}
 
     async def worker() -> None:
         while queue:
             prompt = queue.pop()
             # Exact-only while filling, so that look-alike prompts each get their own entry.
             request = build_request(pb.AskRequest, prompt, model=MODEL, similarity_threshold=0.0)
-            await stub.Ask(request, timeout=CALL_TIMEOUT)
+            answers[prompt] = (await stub.Ask(request, timeout=CALL_TIMEOUT)).text
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return answers
 
 
 def open_channels(target: str, count: int) -> list[grpc.aio.Channel]:
@@ -219,10 +250,25 @@ class Workload:
         }
 
 
+@dataclass
+class Lookups:
+    """What semcache stored and was timed on one call at a time, for GPTCache's side: the
+    (prompt, answer) entries and, by kind, the (prompt, expected answer) of each timed call."""
+
+    entries: list[tuple[str, str]]
+    by_kind: dict[str, list[tuple[str, str]]]
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_seconds() -> float:
+    """User plus system CPU time of this process's finished children."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def machine_busy_seconds() -> float:
@@ -344,8 +390,9 @@ async def accepted_paraphrases(
     return accepted
 
 
-async def measure_cache(args: argparse.Namespace) -> dict[str, Any]:
-    """Everything but the overload run, on one server whose LLM answers at once."""
+async def measure_cache(args: argparse.Namespace) -> tuple[dict[str, Any], Lookups]:
+    """Everything but the overload run, on one server whose LLM answers at once; with `--only
+    gptcache`, the interleaved rounds alone."""
     pairs = prompts(args.entries)
     levels = sorted(set(args.concurrency) | {1})
     most_channels = max(channels_for(max(levels)), channels_for(MIXED_CALLERS))
@@ -358,7 +405,7 @@ async def measure_cache(args: argparse.Namespace) -> dict[str, Any]:
             stub = pb_grpc.SemcacheServiceStub(channels[0])  # type: ignore[no-untyped-call]
             idle_rss = rss_mb(server.pid)
             fill_started = time.perf_counter()
-            await fill(stub, [cached for cached, _ in pairs])
+            answers = await fill(stub, [cached for cached, _ in pairs])
             results["fill_seconds"] = time.perf_counter() - fill_started
             exact = [build_request(pb.AskRequest, c, model=MODEL) for c, _ in pairs]
             semantic = [build_request(pb.AskRequest, p, model=MODEL) for _, p in pairs]
@@ -372,8 +419,23 @@ async def measure_cache(args: argparse.Namespace) -> dict[str, Any]:
             by_level: dict[str, dict[str, Any]] = {}
             single = await rounds(workload.calls(channels[:1]), args.samples)
             by_level["1"] = single
+            # The prompts the rounds asked, in order (ask_call's request_for(number) above).
+            cached_for = {paraphrase: cached for cached, paraphrase in pairs}
+            lookups = Lookups(
+                entries=[(cached, answers[cached]) for cached, _ in pairs],
+                by_kind={
+                    EXACT: [
+                        (r.prompt, answers[r.prompt])
+                        for r in (exact[i % len(exact)] for i in range(args.samples))
+                    ],
+                    SEMANTIC: [
+                        (r.prompt, answers[cached_for[r.prompt]])
+                        for r in (accepted[i % len(accepted)] for i in range(args.samples))
+                    ],
+                },
+            )
             for level in levels:
-                if level == 1:
+                if level == 1 or args.only == GPTCACHE:
                     continue
                 calls = workload.calls(channels[: channels_for(level)])
                 by_level[str(level)] = {}
@@ -381,15 +443,16 @@ async def measure_cache(args: argparse.Namespace) -> dict[str, Any]:
                     run = await closed_loop(calls, (kind,), level, args.seconds, server.pid)
                     by_level[str(level)][kind] = {**run[kind], "channels": channels_for(level)}
             results["levels"] = by_level
-            mixed_channels = channels_for(MIXED_CALLERS)
-            results["mixed"] = await closed_loop(
-                workload.calls(channels[:mixed_channels]),
-                MIX,
-                MIXED_CALLERS,
-                args.seconds,
-                server.pid,
-            )
-            results["mixed_channels"] = mixed_channels
+            if args.only != GPTCACHE:
+                mixed_channels = channels_for(MIXED_CALLERS)
+                results["mixed"] = await closed_loop(
+                    workload.calls(channels[:mixed_channels]),
+                    MIX,
+                    MIXED_CALLERS,
+                    args.seconds,
+                    server.pid,
+                )
+                results["mixed_channels"] = mixed_channels
             results["server RSS MB idle"] = idle_rss
             results["server RSS MB filled"] = rss_mb(server.pid)
         finally:
@@ -401,7 +464,7 @@ async def measure_cache(args: argparse.Namespace) -> dict[str, Any]:
         key = f"{kind}s/s ({GOAL_CONCURRENCY} concurrent)"
         at_goal = results["levels"].get(str(GOAL_CONCURRENCY), {}).get(kind)
         results[key] = at_goal["calls_per_s"] if at_goal else None
-    return results
+    return results, lookups
 
 
 def setting_named(message: str) -> str:
@@ -527,6 +590,68 @@ def embedding_latency(samples: int) -> list[float]:
     return durations
 
 
+async def gptcache_side(lookups: Lookups, samples: int) -> dict[str, Any]:
+    """bench.gptcache_side in `.venv-gptcache/` on the same entries and lookups; its latencies as
+    percentiles by kind and way, with how many of its `get` calls returned the expected answer.
+
+    A subprocess in another environment, so GPTCache never enters `.venv`; it runs after the
+    semcache servers have stopped, as the bare embedding does, and has the machine to itself.
+    """
+    python = GPTCACHE_VENV / "bin" / "python"
+    if not python.exists():
+        return {"skipped": f"no {GPTCACHE_VENV.name}/: create it with bench/gptcache_env.sh"}
+    request = {
+        "entries": lookups.entries,
+        "lookups": lookups.by_kind,
+        "round": ROUND,
+        "warmup": min(50, samples),
+    }
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "server"), "HF_HUB_OFFLINE": "1"}
+    started = time.perf_counter()
+    machine_started = machine_busy_seconds()
+    own_started = children_cpu_seconds()
+    process = await asyncio.create_subprocess_exec(
+        str(python),
+        # SQLAlchemy 2 warns about GPTCache's declarative_base import on every run.
+        "-W",
+        "ignore::DeprecationWarning",
+        "-m",
+        "bench.gptcache_side",
+        cwd=ROOT,
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    output, _ = await process.communicate(json.dumps(request).encode())
+    if process.returncode != 0:
+        raise SystemExit(f"bench.gptcache_side failed (exit {process.returncode}); see above")
+    elapsed = time.perf_counter() - started
+    # Its own CPU against the machine's: whatever else ran meanwhile competed with it.
+    cpu = {
+        "side_cpu_pct": 100 * (children_cpu_seconds() - own_started) / elapsed,
+        "machine_cpu_pct": 100 * (machine_busy_seconds() - machine_started) / elapsed,
+    }
+    side = json.loads(output)
+    by_kind: dict[str, dict[str, Any]] = {}
+    for kind, ways in side["durations_s"].items():
+        by_kind[kind] = {}
+        for way, durations in ways.items():
+            stats: dict[str, Any] = percentiles(durations)
+            if way in side["right"][kind]:
+                stats["right"] = side["right"][kind][way]
+                stats["found"] = side["found"][kind][way]
+            by_kind[kind][way] = stats
+    return {
+        "versions": side["versions"],
+        "entries": side["entries"],
+        "put_seconds": side["put_seconds"],
+        "similarity_threshold": side["similarity_threshold"],
+        "faiss_threads": side["faiss_threads"],
+        **cpu,
+        "lookups": by_kind,
+    }
+
+
 def verdict(passed: bool) -> str:
     return "PASS" if passed else "FAIL"
 
@@ -592,7 +717,7 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             f">= {SEMANTIC_PER_SECOND_AT_32:.0f}",
             rate >= SEMANTIC_PER_SECOND_AT_32,
         )
-    mixed = results["mixed"][EXACT]
+    mixed = results.get("mixed", {}).get(EXACT, {})
     if mixed.get("p99_ms") is not None:
         p99 = mixed["p99_ms"]
         add(
@@ -622,6 +747,19 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"0 failed, pause < {OVERLOAD_MAX_GAP * 1000:.0f} ms",
             failed == 0 and hits["n"] > 0 and gap < OVERLOAD_MAX_GAP * 1000,
         )
+    side = results.get(GPTCACHE, {}).get("lookups")
+    if side:
+        for kind in GPTCACHE_KINDS:
+            for percentile in ("p50", "p99"):
+                key = f"{percentile}_ms"
+                ratio = side[kind][GPTCACHE_GET][key] / single[kind][key]
+                add(
+                    f"{kind} {percentile}: GPTCache `get` / semcache through gRPC",
+                    ratio,
+                    f"{ratio:.2f}x",
+                    f">= {GPTCACHE_OVER_SEMCACHE:g}x",
+                    ratio >= GPTCACHE_OVER_SEMCACHE,
+                )
     return rows
 
 
@@ -649,6 +787,8 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
     print("|---|---:|---:|---:|---:|---:|---|")
     floor_p50 = single[FLOOR]["p50_ms"]
     for kind in (*KINDS, EMBEDDING):
+        if kind == EMBEDDING and EMBEDDING not in results:
+            continue
         stats = results[EMBEDDING] if kind == EMBEDDING else single[kind]
         print(
             f"| {kind} | {cell(stats, 'p50_ms')} | {cell(stats, 'p90_ms')} | "
@@ -656,6 +796,33 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
             f"{stats['p50_ms'] / floor_p50:.2f} | "
             f"{failures_text(stats.get('failures', {}))} |"
         )
+    if "mixed" in results:
+        print_concurrency(results, args)
+    over = results.get("overload")
+    if over:
+        print_overload(over)
+    if GPTCACHE in results:
+        print_gptcache(results)
+    print("\n### Goals (issue #11)\n")
+    print("| goal | measured | target | verdict |")
+    print("|---|---|---|---|")
+    for row in results["goals"]:
+        print(f"| {row['goal']} | {row['shown']} | {row['target']} | {row['verdict']} |")
+    print("\n### Also\n")
+    for kind in (EXACT, SEMANTIC, MISS, EMBEDDING):
+        if kind in results:
+            print(format_percentiles(kind, results[kind]))
+    exact, semantic = results[EXACT], results[SEMANTIC]
+    print(f"semantic / exact p50: {semantic['p50_ms'] / exact['p50_ms']:.1f}x")
+    idle, filled = results["server RSS MB idle"], results["server RSS MB filled"]
+    print(f"paraphrases the policy accepted: {results['paraphrases accepted']}")
+    print(
+        f"server RSS: {idle:.0f} MB idle, {filled:.0f} MB with {results['entries']} entries; "
+        f"filled in {results['fill_seconds']:.1f} s"
+    )
+
+
+def print_concurrency(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"\n### Concurrency: closed loop, {args.seconds:g} s per row; one channel (its own "
         f"HTTP/2 connection) per {WORKERS_PER_CHANNEL} callers\n"
@@ -702,59 +869,106 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"\nCPU: client {some['client_cpu_pct']:.0f}%, server {some['server_cpu_pct']:.0f}%, "
         f"machine {some['machine_cpu_pct']:.0f}%"
     )
-    over = results.get("overload")
-    if over:
-        print(
-            f"\n### Overload: {over['misses']} concurrent distinct misses, deadline "
-            f"{over['deadline_s']:g} s, over {plural(over['miss_channels'], 'channel')}; "
-            f"`semcache serve "
-            f"{over['flags']}`, LLM first token after {over['first_token_delay_s']:g} s\n"
-        )
-        print("| final status | count | p50 ms | max ms |")
-        print("|---|---:|---:|---:|")
-        for code, stats in over["outcomes"].items():
-            print(
-                f"| {code} | {stats['count']} | {cell(stats, 'p50_ms')} | {cell(stats, 'max_ms')} |"
-            )
-        print(f"\nAll misses ended within {over['seconds']:.1f} s.")
-        if over["other_codes"]:
-            print(f"Other codes: {over['other_codes']}")
-        refused = ", ".join(f"{name}: {n}" for name, n in over["refused_by"].items())
-        print(f"RESOURCE_EXHAUSTED by setting named: {refused or 'none'}")
-        for named, message in over["examples"].items():
-            print(f'Example ({named}): "{message}"')
-        print(f"Misses answered with shared_llm_call: {over['shared_llm_calls']}")
-        hits = over["exact_hits"]
-        print(
-            f"Exact hits meanwhile ({hits['workers']} workers, own connection): "
-            f"{int(hits['n'])} answered, p50 {cell(hits, 'p50_ms')} ms, "
-            f"p99 {cell(hits, 'p99_ms')} ms, max {cell(hits, 'max_ms')} ms, "
-            f"longest pause {hits['longest_gap_ms']:.0f} ms, "
-            f"failed: {failures_text(hits['failures'])}"
-        )
-    print("\n### Goals (issue #11)\n")
-    print("| goal | measured | target | verdict |")
-    print("|---|---|---|---|")
-    for row in results["goals"]:
-        print(f"| {row['goal']} | {row['shown']} | {row['target']} | {row['verdict']} |")
-    print("\n### Also\n")
-    for kind in (EXACT, SEMANTIC, MISS, EMBEDDING):
-        print(format_percentiles(kind, results[kind]))
-    exact, semantic = results[EXACT], results[SEMANTIC]
-    print(f"semantic / exact p50: {semantic['p50_ms'] / exact['p50_ms']:.1f}x")
-    idle, filled = results["server RSS MB idle"], results["server RSS MB filled"]
-    print(f"paraphrases the policy accepted: {results['paraphrases accepted']}")
+
+
+def print_overload(over: dict[str, Any]) -> None:
     print(
-        f"server RSS: {idle:.0f} MB idle, {filled:.0f} MB with {results['entries']} entries; "
-        f"filled in {results['fill_seconds']:.1f} s"
+        f"\n### Overload: {over['misses']} concurrent distinct misses, deadline "
+        f"{over['deadline_s']:g} s, over {plural(over['miss_channels'], 'channel')}; "
+        f"`semcache serve "
+        f"{over['flags']}`, LLM first token after {over['first_token_delay_s']:g} s\n"
+    )
+    print("| final status | count | p50 ms | max ms |")
+    print("|---|---:|---:|---:|")
+    for code, stats in over["outcomes"].items():
+        print(f"| {code} | {stats['count']} | {cell(stats, 'p50_ms')} | {cell(stats, 'max_ms')} |")
+    print(f"\nAll misses ended within {over['seconds']:.1f} s.")
+    if over["other_codes"]:
+        print(f"Other codes: {over['other_codes']}")
+    refused = ", ".join(f"{name}: {n}" for name, n in over["refused_by"].items())
+    print(f"RESOURCE_EXHAUSTED by setting named: {refused or 'none'}")
+    for named, message in over["examples"].items():
+        print(f'Example ({named}): "{message}"')
+    print(f"Misses answered with shared_llm_call: {over['shared_llm_calls']}")
+    hits = over["exact_hits"]
+    print(
+        f"Exact hits meanwhile ({hits['workers']} workers, own connection): "
+        f"{int(hits['n'])} answered, p50 {cell(hits, 'p50_ms')} ms, "
+        f"p99 {cell(hits, 'p99_ms')} ms, max {cell(hits, 'max_ms')} ms, "
+        f"longest pause {hits['longest_gap_ms']:.0f} ms, "
+        f"failed: {failures_text(hits['failures'])}"
     )
 
 
+def gptcache_cell(stats: dict[str, Any], semcache: dict[str, Any], key: str) -> str:
+    return f"{stats[key] / semcache[key]:.2f}"
+
+
+def print_gptcache(results: dict[str, Any]) -> None:
+    """The side-by-side table: per lookup kind, semcache's rounds and GPTCache's ways."""
+    side = results[GPTCACHE]
+    if "skipped" in side:
+        print(f"\nGPTCache side by side skipped: {side['skipped']}.")
+        return
+    print(
+        "\n### GPTCache side by side: the same entries, lookups and embedder, one call at a time\n"
+    )
+    versions = side["versions"]
+    # SearchDistanceEvaluation scores 4 - squared L2 distance, against 4 x the threshold; on
+    # unit vectors the squared distance is 2 - 2 cosine.
+    min_cosine = 1 - 2 * (1 - side["similarity_threshold"])
+    print(
+        f"GPTCache {versions['gptcache']} (faiss-cpu {versions['faiss-cpu']}, SQLAlchemy "
+        f"{versions['SQLAlchemy']}, onnxruntime {versions['onnxruntime']}) in "
+        f'`{GPTCACHE_VENV.name}/`: `CacheBase("sqlite")` + `VectorBase("faiss")` in a '
+        f"temporary directory, faiss on {side['faiss_threads']} thread, "
+        f"`SearchDistanceEvaluation`, similarity threshold {side['similarity_threshold']:g} "
+        f"(its default: a hit from cosine {min_cosine:.2f}), semcache's MiniLM ONNX encoder "
+        f"(1 thread) as `embedding_func`; the same {side['entries']} entries stored with `put` "
+        f"({side['put_seconds']:.1f} s), then its in-process `get` on the prompts semcache was "
+        f"timed on above, in interleaved rounds of {ROUND}, after semcache's servers stopped. "
+        "semcache: one `Ask` at a time through gRPC on loopback to `semcache serve` and "
+        "redis-server (the rounds above); an exact hit hashes the request and reads Redis "
+        "without embedding, a semantic hit embeds in the server. GPTCache embeds every lookup, "
+        "exact repeats included, and by default commits a report row to SQLite on every hit.\n"
+    )
+    print(
+        f"CPU during GPTCache's run, in % of one core: its process {side['side_cpu_pct']:.0f}, "
+        f"the machine {side['machine_cpu_pct']:.0f} (of {100 * results['cpu_cores']}); more "
+        "than its own is other work competing with it.\n"
+    )
+    single = results["levels"]["1"]
+    print(
+        "| lookup | timed | p50 ms | p90 ms | p99 ms | x semcache p50 | x semcache p99 "
+        "| expected answer |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for kind in GPTCACHE_KINDS:
+        ours = single[kind]
+        failed = sum(ours["failures"].values())
+        print(
+            f"| {kind} | {SEMCACHE_INCLUDES[kind]} | {cell(ours, 'p50_ms')} | "
+            f"{cell(ours, 'p90_ms')} | {cell(ours, 'p99_ms')} | 1.00 | 1.00 | "
+            f"{int(ours['n'])}/{int(ours['n']) + failed} (source) |"
+        )
+        for way, timed in GPTCACHE_WAYS.items():
+            stats = side["lookups"][kind][way]
+            right = f"{stats['right']}/{int(stats['n'])}" if "right" in stats else "-"
+            print(
+                f"| {kind} | {timed} | {cell(stats, 'p50_ms')} | {cell(stats, 'p90_ms')} | "
+                f"{cell(stats, 'p99_ms')} | {gptcache_cell(stats, ours, 'p50_ms')} | "
+                f"{gptcache_cell(stats, ours, 'p99_ms')} | {right} |"
+            )
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
-    results = await measure_cache(args)
-    if args.overload > 0:
-        results["overload"] = await overload(args.overload)
-    results[EMBEDDING] = percentiles(embedding_latency(args.samples))
+    results, lookups = await measure_cache(args)
+    if args.only != GPTCACHE:
+        if args.overload > 0:
+            results["overload"] = await overload(args.overload)
+        results[EMBEDDING] = percentiles(embedding_latency(args.samples))
+    if args.gptcache:
+        results[GPTCACHE] = await gptcache_side(lookups, args.samples)
     results["goals"] = goals(results)
     return results
 
@@ -783,6 +997,17 @@ def main() -> None:
         "--overload", type=int, default=5000, help="concurrent misses of the overload run; 0 skips"
     )
     parser.add_argument(
+        "--gptcache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time GPTCache's get on the same data (needs .venv-gptcache: bench/gptcache_env.sh)",
+    )
+    parser.add_argument(
+        "--only",
+        choices=[GPTCACHE],
+        help="gptcache: only the one-call rounds and the GPTCache comparison",
+    )
+    parser.add_argument(
         "--json",
         nargs="?",
         const="-",
@@ -790,6 +1015,10 @@ def main() -> None:
         help="print JSON instead of the report; with PATH, write it there and print the report",
     )
     args = parser.parse_args()
+    if args.only == GPTCACHE and not args.gptcache:
+        parser.error("--only gptcache and --no-gptcache contradict each other")
+    if args.only == GPTCACHE and not GPTCACHE_VENV.exists():
+        parser.error(f"no {GPTCACHE_VENV.name}/: create it with bench/gptcache_env.sh")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     results = asyncio.run(measure(args))
     if args.json == "-":
