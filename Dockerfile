@@ -1,6 +1,10 @@
 # semcache on its embedded default: Redis and the embedding model inside the image, Ollama outside.
 #   docker build -t semcache .
-#   docker run -p 50051:50051 -e OLLAMA_HOST=http://host.docker.internal:11434 semcache
+#   docker run -p 50051:50051 -v "$PWD/api-keys:/run/secrets/api-keys:ro" \
+#       -e SEMCACHE_API_KEYS_FILE=/run/secrets/api-keys \
+#       -e OLLAMA_HOST=http://host.docker.internal:11434 semcache
+# It listens on all interfaces, so it needs API keys (tenant:key lines) and exits without them;
+# SEMCACHE_INSECURE_LISTEN=1 accepts serving every answer unauthenticated.
 # Set REDIS_URL to use a shared Redis instead of the embedded one.
 FROM python:3.11-slim
 

@@ -3,6 +3,7 @@ and a semcache service started on a free port, called through the generated aio 
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from semcache.v1 import semcache_pb2_grpc
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,6 +91,25 @@ async def start_service(
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{service.port}")
     stub = semcache_pb2_grpc.SemcacheServiceStub(channel)  # type: ignore[no-untyped-call]
     return Running(service, channel, stub, settings, embedder, verifier)
+
+
+async def health_status(target: str, service: str = "") -> int:
+    """What the standard health service reports for a name ("": the whole server)."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = await stub.Check(request, timeout=5)
+        return int(response.status)
+
+
+async def health_becomes(target: str, service: str, status: int, seconds: float = 5.0) -> bool:
+    """Whether a health name reports status within seconds."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while await health_status(target, service) != status:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 def service_settings(redis: RedisProcess, ollama: FakeOllama, **overrides: object) -> Settings:

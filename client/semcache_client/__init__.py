@@ -6,6 +6,9 @@
         answer = client.ask("What is the capital of France?", model="llama3.2")
         print(answer.text, answer.source)
 
+A server with API keys needs `api_key=`; one that speaks TLS needs `tls=True` (the system's CAs)
+or `tls_ca=<PEM bytes>`, and for mutual TLS `tls_client_cert=` and `tls_client_key=`.
+
 Responses are the generated messages (`semcache.v1.semcache_pb2`); errors are `grpc.RpcError`
 with the server's status code and message.
 """
@@ -73,16 +76,31 @@ class SemcacheClient:
         channel: grpc.Channel | None = None,
         timeout: float | None = 120.0,
         metadata: Metadata = (),
+        api_key: str | None = None,
+        tls: bool = False,
+        tls_ca: bytes | None = None,
+        tls_client_cert: bytes | None = None,
+        tls_client_key: bytes | None = None,
     ) -> None:
-        """Connect to target, or use channel (a secure channel, or a test channel) as given.
+        """Connect to target, or use channel (a test channel, say) as given.
 
-        timeout is the default deadline of every call, in seconds; None waits forever.
+        timeout is the default deadline of every call, in seconds; None waits forever. api_key
+        goes with every call as `authorization: Bearer <key>`. TLS is used when tls is set or any
+        tls_ argument is given.
         """
         self._owns_channel = channel is None
-        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        if channel is None:
+            if tls or tls_ca is not None or tls_client_cert is not None:
+                credentials = grpc.ssl_channel_credentials(tls_ca, tls_client_key, tls_client_cert)
+                channel = grpc.secure_channel(target, credentials)
+            else:
+                channel = grpc.insecure_channel(target)
+        self._channel = channel
         self._stub = pb_grpc.SemcacheServiceStub(self._channel)  # type: ignore[no-untyped-call]
         self._timeout = timeout
-        self._metadata = tuple(metadata)
+        self._metadata = tuple(metadata) + (
+            (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        )
 
     def ask(
         self,

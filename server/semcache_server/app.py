@@ -16,12 +16,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import numpy as np
 import numpy.typing as npt
 
-from semcache_server.adapters.embedded_redis import EmbeddedRedis
+from semcache_server.adapters.embedded_redis import EmbeddedRedis, StateDirInUse
 from semcache_server.adapters.indexes.tiered import TieredIndex
 from semcache_server.adapters.ollama_llm import OllamaBackend
+from semcache_server.adapters.redis_breaker import RedisBreaker
 from semcache_server.adapters.redis_feed import RedisFeed
 from semcache_server.adapters.redis_store import RedisEntryStore
 from semcache_server.adapters.replication import IndexReplica, ReplicationSettings
@@ -44,7 +46,13 @@ from semcache_server.core.ports import (
     Verifier,
 )
 from semcache_server.core.validation import Limits
-from semcache_server.edge.server import GrpcServer
+from semcache_server.edge.auth import (
+    Authenticator,
+    KeysFileAuthenticator,
+    KeysFileError,
+    OpenAccess,
+)
+from semcache_server.edge.server import GrpcServer, TlsFiles
 from semcache_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -215,6 +223,7 @@ async def build_cache(
             replay_chunk_chars=settings.replay_chunk_chars,
             speculative_llm=settings.speculative_llm,
             limits=Limits(max_prompt_chars=settings.max_prompt_chars),
+            max_generation_seconds=settings.max_generation_seconds,
         ),
         Admission(
             "LLM calls",
@@ -261,21 +270,52 @@ class Service:
     cache: Cache
     replica: IndexReplica
     embedded_redis: EmbeddedRedis | None = None
+    supervision: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         return self.grpc.port
+
+    async def supervise(self) -> None:
+        """Keep the storage health name in step with the Redis breaker, and restart the embedded
+        Redis when it dies."""
+        breaker = self.cache.store.breaker
+        await self.grpc.set_storage_health(breaker.closed)
+        self.supervision.append(
+            asyncio.create_task(
+                _mirror_storage_health(breaker, self.grpc), name="semcache-storage-health"
+            )
+        )
+        if self.embedded_redis is not None:
+            self.supervision.append(
+                asyncio.create_task(self.embedded_redis.supervise(), name="semcache-redis-owner")
+            )
+
+    async def stop_supervising(self) -> None:
+        tasks, self.supervision = self.supervision, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def stop(self, grace: float | None) -> None:
         try:
             await self.grpc.stop(grace)
         finally:
             try:
+                await self.stop_supervising()  # before the embedded Redis stops: no restart
                 await self.replica.stop()
                 await self.cache.aclose()
             finally:
                 if self.embedded_redis is not None:
                     await asyncio.to_thread(self.embedded_redis.stop)
+
+
+async def _mirror_storage_health(breaker: RedisBreaker, server: GrpcServer) -> None:
+    """Until cancelled: the storage health name says NOT_SERVING while the breaker skips Redis."""
+    while True:
+        changed = breaker.next_change()  # taken first: a change while reporting is not lost
+        await server.set_storage_health(breaker.closed)
+        await changed.wait()
 
 
 def build_replica(settings: Settings, redis_url: str, cache: Cache) -> IndexReplica:
@@ -287,9 +327,49 @@ def build_replica(settings: Settings, redis_url: str, cache: Cache) -> IndexRepl
         snapshot_interval=settings.snapshot_interval,
     )
     feed = RedisFeed.from_url(
-        redis_url, settings.redis_timeout, replication.block_seconds, cache.store.layout
+        redis_url,
+        settings.redis_timeout,
+        replication.block_seconds,
+        cache.store.layout,
+        cache.store.breaker,  # an outage the feed notices spares requests the wait, and back
     )
     return IndexReplica(cache.index, cache.store, feed, cache.embedder.model_id, replication)
+
+
+class StartupRefused(Exception):
+    """A file the settings name cannot be used; the message says which and why."""
+
+
+def build_authenticator(settings: Settings) -> Authenticator:
+    """API keys from the keys file; without one, every caller is one tenant (loopback only,
+    unless --insecure-listen: `Settings` refuses the rest)."""
+    if settings.api_keys_file is None:
+        log.warning(
+            "no --api-keys-file: calls are not authenticated and every caller shares one tenant"
+        )
+        return OpenAccess()
+    try:
+        authenticator = KeysFileAuthenticator(settings.api_keys_file, settings.shared_tenant_names)
+    except OSError as error:
+        raise StartupRefused(f"--api-keys-file {error.filename}: {error.strerror}") from None
+    except KeysFileError as error:
+        raise StartupRefused(str(error)) from None
+    log.info(
+        "API keys of %d tenants read from %s",
+        len(authenticator.tenants),
+        settings.api_keys_file,
+    )
+    return authenticator
+
+
+def build_tls(settings: Settings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    files = TlsFiles(settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file)
+    try:
+        return files.credentials()
+    except OSError as error:
+        raise StartupRefused(f"TLS file {error.filename}: {error.strerror}") from None
 
 
 async def start(
@@ -299,24 +379,40 @@ async def start(
     verifier: Verifier | None = None,
 ) -> Service:
     """Start a service; tests hand in a shared embedder and verifier to load the models once."""
+    authenticator = build_authenticator(settings)  # before anything starts: a bad file stops it
+    tls = build_tls(settings)
     async with contextlib.AsyncExitStack() as undo:  # unwinds only if start-up fails
         embedded = None
         redis_url = settings.redis_url
         if redis_url is None:
             embedded = EmbeddedRedis(settings.state_dir)
-            redis_url = await asyncio.to_thread(embedded.start)
+            try:
+                redis_url = await asyncio.to_thread(embedded.start)
+            except StateDirInUse as error:
+                raise StartupRefused(str(error)) from None
             undo.push_async_callback(asyncio.to_thread, embedded.stop)
         cache = await build_cache(
             settings, redis_url, embedder=embedder, llm=llm, verifier=verifier
         )
         undo.push_async_callback(cache.aclose)
+        if settings.redis_url is not None:  # the embedded one keeps an append-only file
+            await cache.store.check_persistence()
         replica = build_replica(settings, redis_url, cache)
         undo.push_async_callback(replica.stop)
         # With Redis down this returns at once: serve from the LLM, and the follower loads the
         # index when Redis returns. A long load (no snapshot, a large cache) goes on meanwhile.
         await replica.start(patience=INDEX_LOAD_PATIENCE)
-        server = GrpcServer(cache.chain, settings.host, settings.port, settings.max_calls)
+        server = GrpcServer(
+            cache.chain,
+            settings.host,
+            settings.port,
+            settings.max_calls,
+            authenticator,
+            tls,
+        )
         service = Service(server, cache, replica, embedded)
+        await service.supervise()
+        undo.push_async_callback(service.stop_supervising)
         await server.start()
         undo.pop_all()
     gc.collect()  # start-up garbage (model building, index loading) would linger until a full GC

@@ -27,6 +27,27 @@ target_option = click.option(
 )
 """The address of a running server, for the commands that call one."""
 
+api_key_option = click.option(
+    "--api-key",
+    envvar="SEMCACHE_API_KEY",
+    default=None,
+    help="The key of a server with --api-keys-file. [env SEMCACHE_API_KEY]",
+)
+tls_ca_option = click.option(
+    "--tls-ca-file",
+    envvar="SEMCACHE_TLS_CA_FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Speak TLS, trusting these PEM CA certificates. [env SEMCACHE_TLS_CA_FILE]",
+)
+
+
+def _channel(target: str, tls_ca_file: Path | None) -> grpc.Channel:
+    if tls_ca_file is None:
+        return grpc.insecure_channel(target)
+    credentials = grpc.ssl_channel_credentials(tls_ca_file.read_bytes())
+    return grpc.secure_channel(target, credentials)
+
 
 @click.group()
 def main() -> None:
@@ -52,6 +73,16 @@ def _settings_options(command: Callable[..., None]) -> Callable[..., None]:
         if isinstance(default, enum.Enum):
             default = default.value
         click_type: Any = None
+        if kind is bool:
+            command = click.option(
+                option.flag,
+                setting.name,
+                envvar=option.env,
+                is_flag=True,
+                default=default,
+                help=f"{option.help} [env {option.env}]",
+            )(command)
+            continue
         if option.choices is not None:
             click_type = click.Choice(list(option.choices))
         elif kind in (int, float):
@@ -92,7 +123,12 @@ def serve(**options: Any) -> None:
         logging.getLogger(noisy).setLevel(
             max(logging.WARNING, logging.getLevelName(settings.log_level))
         )
-    asyncio.run(_serve(settings))
+    from semcache_server.app import StartupRefused
+
+    try:
+        asyncio.run(_serve(settings))
+    except StartupRefused as error:
+        raise click.ClickException(str(error)) from None
 
 
 async def _serve(settings: Settings) -> None:
@@ -128,6 +164,8 @@ async def _serve(settings: Settings) -> None:
 @click.option("--stream/--no-stream", default=False, help="Stream the answer as it comes.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole response as JSON.")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds.")
+@api_key_option
+@tls_ca_option
 def ask(
     prompt: str,
     model: str,
@@ -141,6 +179,8 @@ def ask(
     stream: bool,
     as_json: bool,
     timeout: float,
+    api_key: str | None,
+    tls_ca_file: Path | None,
 ) -> None:
     """Ask the service PROMPT and print the answer, then where it came from."""
     from google.protobuf import json_format
@@ -157,7 +197,11 @@ def ask(
         timeout=timeout,
     )
     try:
-        with SemcacheClient(target) as client:
+        with SemcacheClient(
+            target,
+            api_key=api_key,
+            tls_ca=tls_ca_file.read_bytes() if tls_ca_file is not None else None,
+        ) as client:
             if not stream:
                 response = client.ask(prompt, **request)  # type: ignore[arg-type]
                 if as_json:
@@ -227,12 +271,13 @@ def train_verifier(context: click.Context) -> None:
 @main.command()
 @target_option
 @click.option("--timeout", type=float, default=3.0, show_default=True, help="Seconds.")
-def health(target: str, timeout: float) -> None:
+@tls_ca_option
+def health(target: str, timeout: float, tls_ca_file: Path | None) -> None:
     """Exit 0 when the server reports SERVING (for container and orchestrator probes)."""
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     try:
-        with grpc.insecure_channel(target) as channel:
+        with _channel(target, tls_ca_file) as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout
             )

@@ -7,12 +7,14 @@ composition root (`semcache_server.app`) hands each part the settings it needs.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from semcache_server.core.domain import Speculation
+from semcache_server.core.validation import CONTEXT_TIMES_PROMPT
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,46 @@ class Settings:
     )
     port: int = setting(
         50051, flag="--port", env="SEMCACHE_PORT", help="Port to listen on; 0 picks a free one."
+    )
+    api_keys_file: Path | None = setting(
+        None,
+        flag="--api-keys-file",
+        env="SEMCACHE_API_KEYS_FILE",
+        help="API keys, one 'tenant:key' or 'tenant:sha256:<hex>' a line; calls then need "
+        "'authorization: Bearer <key>' and each tenant sees only its own entries. Unset: no "
+        "authentication, one shared tenant, loopback only.",
+    )
+    shared_tenants: str = setting(
+        "",
+        flag="--shared-tenants",
+        env="SEMCACHE_SHARED_TENANTS",
+        help="Comma-separated tenants that opt into one shared namespace: they reuse each other's "
+        "answers, but see who asked what only for their own entries.",
+    )
+    insecure_listen: bool = setting(
+        False,
+        flag="--insecure-listen",
+        env="SEMCACHE_INSECURE_LISTEN",
+        help="Allow listening beyond loopback without --api-keys-file: anyone who can reach the "
+        "port reads every cached answer.",
+    )
+    tls_cert_file: Path | None = setting(
+        None,
+        flag="--tls-cert-file",
+        env="SEMCACHE_TLS_CERT_FILE",
+        help="PEM certificate chain of the server; with --tls-key-file the port speaks TLS only.",
+    )
+    tls_key_file: Path | None = setting(
+        None,
+        flag="--tls-key-file",
+        env="SEMCACHE_TLS_KEY_FILE",
+        help="PEM private key of --tls-cert-file.",
+    )
+    tls_client_ca_file: Path | None = setting(
+        None,
+        flag="--tls-client-ca-file",
+        env="SEMCACHE_TLS_CLIENT_CA_FILE",
+        help="PEM CA certificates: clients must present a certificate they signed (mutual TLS).",
     )
     redis_url: str | None = setting(
         None,
@@ -181,7 +223,8 @@ class Settings:
         32_000,
         flag="--max-prompt-chars",
         env="SEMCACHE_MAX_PROMPT_CHARS",
-        help="Longer prompts are rejected.",
+        help="Longer prompts are rejected; the system prompt and the history together may hold "
+        f"{CONTEXT_TIMES_PROMPT} times as many characters.",
     )
     replay_chunk_chars: int = setting(
         64,
@@ -207,6 +250,13 @@ class Settings:
         env="SEMCACHE_GRACE_SECONDS",
         help="Seconds in-flight calls get to finish on SIGTERM.",
     )
+    max_generation_seconds: float = setting(
+        300.0,
+        flag="--max-generation-seconds",
+        env="SEMCACHE_MAX_GENERATION_SECONDS",
+        help="Seconds an LLM call may take, whatever the caller's deadline (even none); past it "
+        "every caller of that call gets DEADLINE_EXCEEDED and nothing is stored.",
+    )
     log_level: str = setting(
         "INFO",
         flag="--log-level",
@@ -219,6 +269,35 @@ class Settings:
         threshold = self.similarity_threshold
         if threshold is not None and not 0 <= threshold <= 1:  # NaN fails both comparisons
             raise ValueError(f"--similarity-threshold must be in [0, 1], got {threshold}")
+        if not 0 < self.max_generation_seconds < float("inf"):  # NaN fails too
+            raise ValueError(
+                f"--max-generation-seconds must be a positive number, got "
+                f"{self.max_generation_seconds}"
+            )
+        if self.api_keys_file is None and not self.insecure_listen and not is_loopback(self.host):
+            raise ValueError(
+                f"--host {self.host} without --api-keys-file would let anyone who reaches the "
+                "port read every cached answer: give --api-keys-file, or --insecure-listen to "
+                "accept that"
+            )
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("TLS needs both --tls-cert-file and --tls-key-file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("--tls-client-ca-file (mutual TLS) needs --tls-cert-file")
+
+    @property
+    def shared_tenant_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.shared_tenants.split(",") if name.strip())
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach host; "0.0.0.0", "::" and names are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def option_of(name: str) -> Option:

@@ -19,12 +19,15 @@ from semcache_server.core.domain import (
     ModelNotFound,
     Query,
     TextDelta,
+    excerpt,
 )
 from semcache_server.core.ports import LLMEvent, LLMFinish, RequestSent
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OLLAMA_HOST = "http://127.0.0.1:11434"
+LOGGED_CHARS = 500
+"""The most of Ollama's error text (or a model name) one log line repeats."""
 
 
 def _finish_reason(done_reason: str | None) -> FinishReason:
@@ -130,29 +133,51 @@ class OllamaBackend:
         except ollama.ResponseError as error:
             raise self._translate(query, error) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError) as error:
-            raise LLMUnavailable(
-                f"cannot reach Ollama at {self.address}: {error or type(error).__name__}; "
-                "is it running? Set --ollama-host / OLLAMA_HOST"
-            ) from None
+            log.warning(
+                "cannot reach Ollama at %s: %s; is it running? Set --ollama-host / OLLAMA_HOST",
+                self.address,
+                excerpt(str(error) or type(error).__name__, LOGGED_CHARS),
+            )
+            raise LLMUnavailable("cannot reach Ollama; retry later") from None
         except httpx.TransportError as error:
             if finished:
                 return  # the answer was complete; only the end of the body was lost
+            log.warning(
+                "the connection to Ollama at %s broke mid-answer: %s",
+                self.address,
+                excerpt(str(error) or type(error).__name__, LOGGED_CHARS),
+            )
             raise LLMStreamBroken(
-                f"the connection to Ollama at {self.address} broke mid-answer: "
-                f"{error or type(error).__name__}"
+                "the connection to Ollama broke mid-answer; nothing was stored"
             ) from None
         if not finished:
-            raise LLMStreamBroken(f"Ollama at {self.address} ended the answer without finishing it")
+            log.warning("Ollama at %s ended an answer without finishing it", self.address)
+            raise LLMStreamBroken(
+                "Ollama ended the answer without finishing it; nothing was stored"
+            )
 
     def _translate(self, query: Query, error: ollama.ResponseError) -> Exception:
-        message = error.error
-        if error.status_code == 404:
+        """Ollama's own words (and its address) go to the log only: the caller is told what
+        happened in ours, with no internal address and nothing of unknown length."""
+        status = error.status_code
+        log.warning(
+            "Ollama at %s answered %s for model %r: %s",
+            self.address,
+            "an error line mid-answer" if status < 0 else f"HTTP {status}",
+            excerpt(query.model, LOGGED_CHARS),
+            excerpt(str(error.error), LOGGED_CHARS),
+        )
+        if status == 404:
             return ModelNotFound(
-                f"Ollama at {self.address} does not have model {query.model!r}: {message}"
+                f"Ollama does not have model {excerpt(query.model)!r}; pull it, or name another"
             )
-        if 400 <= error.status_code < 500:
-            return LLMRejected(f"Ollama rejected the request: {message}")
-        return LLMUnavailable(f"Ollama at {self.address} failed ({error.status_code}): {message}")
+        if 400 <= status < 500:
+            return LLMRejected(
+                f"Ollama refused the request (HTTP {status}); check the model and options"
+            )
+        if status < 0:  # the stream had begun: Ollama reports a failure as a line of its own
+            return LLMStreamBroken("Ollama failed mid-answer; nothing was stored")
+        return LLMUnavailable(f"Ollama failed (HTTP {status}); retry later")
 
     async def aclose(self) -> None:
         await self._client._client.aclose()

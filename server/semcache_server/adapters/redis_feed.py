@@ -18,6 +18,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from semcache_server.adapters.redis_breaker import RedisBreaker
 from semcache_server.adapters.redis_store import KeyLayout
 from semcache_server.core.domain import StoreUnavailable
 from semcache_server.core.ports import Vector
@@ -62,14 +63,26 @@ class FeedGap(Exception):
 class RedisFeed:
     """Reads the feed on a connection of its own, so a blocking read delays no request."""
 
-    def __init__(self, client: aioredis.Redis, layout: KeyLayout) -> None:
+    def __init__(
+        self, client: aioredis.Redis, layout: KeyLayout, breaker: RedisBreaker | None = None
+    ) -> None:
+        """breaker: the entry store's, shared (an outage either notices spares the other the
+        wait); None: one of its own."""
         self._redis = client
         self._layout = layout
         self._head = client.register_script(_HEAD)
+        self._own_breaker = breaker is None
+        self.breaker = RedisBreaker(client) if breaker is None else breaker
+        self.breaker.reset_on_recovery(client)
 
     @classmethod
     def from_url(
-        cls, url: str, timeout: float, block_seconds: float, layout: KeyLayout
+        cls,
+        url: str,
+        timeout: float,
+        block_seconds: float,
+        layout: KeyLayout,
+        breaker: RedisBreaker | None = None,
     ) -> RedisFeed:
         client = aioredis.Redis.from_url(
             url,
@@ -77,27 +90,34 @@ class RedisFeed:
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), retries=0),
         )
-        return cls(client, layout)
+        return cls(client, layout, breaker)
+
+    def _unavailable(self, error: RedisError | OSError) -> StoreUnavailable:
+        self.breaker.failed(error)
+        return StoreUnavailable(f"Redis: {error or type(error).__name__}")
 
     async def epoch(self) -> str:
         """This Redis's feed name, made on first use (a flushed Redis gets a new one)."""
+        self.breaker.check()
         try:
             await self._redis.set(self._layout.feed_epoch, uuid.uuid4().hex, nx=True)
             raw = await self._redis.get(self._layout.feed_epoch)
         except (RedisError, OSError) as error:
-            raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
+            raise self._unavailable(error) from None
         return raw.decode() if isinstance(raw, bytes) else str(raw)
 
     async def head(self) -> FeedPosition:
         """The newest change's position: a reader that starts here misses nothing after it."""
+        self.breaker.check()
         try:
             stream_id, seq = await self._head(keys=[self._layout.feed, self._layout.feed_sequence])
         except (RedisError, OSError) as error:
-            raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
+            raise self._unavailable(error) from None
         return FeedPosition(_text(stream_id), int(_text(seq)))
 
     async def read(self, after: FeedPosition, block_seconds: float, count: int) -> list[Change]:
         """The changes after a position, waiting up to block_seconds for one; raises FeedGap."""
+        self.breaker.check()
         try:
             reply = await self._redis.xread(
                 {self._layout.feed: after.stream_id},
@@ -105,7 +125,7 @@ class RedisFeed:
                 block=max(1, int(block_seconds * 1000)),
             )
         except (RedisError, OSError) as error:
-            raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
+            raise self._unavailable(error) from None
         changes: list[Change] = []
         expected = after.seq + 1
         streams = cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or [])
@@ -125,6 +145,7 @@ class RedisFeed:
         """The stored embeddings of entries that still exist, in one round trip."""
         if not entry_ids:
             return {}
+        self.breaker.check()
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for entry_id in entry_ids:
@@ -133,7 +154,7 @@ class RedisFeed:
                     )
                 rows = await pipe.execute()
         except (RedisError, OSError) as error:
-            raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
+            raise self._unavailable(error) from None
         found = {}
         for entry_id, (partition, model, raw) in zip(entry_ids, rows, strict=True):
             if raw:
@@ -143,6 +164,8 @@ class RedisFeed:
         return found
 
     async def aclose(self) -> None:
+        if self._own_breaker:
+            await self.breaker.aclose()
         await self._redis.aclose()
 
 

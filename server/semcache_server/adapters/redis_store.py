@@ -5,6 +5,8 @@ counts the hit and returns the entry). Every write, deletion and expiry is appen
 feed (a Redis Stream, `adapters/redis_feed.py`) by the same Lua script that changes the entry, so
 the feed never misses a change and never reports one that did not happen. Entries with a TTL are
 also listed in a sorted set by deadline, from which `sweep_expired` reports expiries to the feed.
+While Redis is unreachable, a circuit breaker (`adapters/redis_breaker.py`) makes every call fail at
+once with StoreUnavailable instead of waiting for the Redis timeout.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar, cast
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -23,6 +25,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
+from semcache_server.adapters.redis_breaker import RedisBreaker
 from semcache_server.core.domain import CachedEntry, Role, StoreUnavailable, Turn
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,7 @@ _FIELDS = (
     "embedding_model",
     "created_at",
     "hits",
+    "owner",
 )
 
 # Counting the hit and reading the entry in one atomic round trip; HINCRBY alone would
@@ -117,15 +121,18 @@ T = TypeVar("T")
 
 
 def _unavailable_on_redis_error(
-    method: Callable[P, Coroutine[Any, Any, T]],
-) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Redis failures leave the store as StoreUnavailable, the one error the chain fails open on."""
+    method: Callable[Concatenate[RedisEntryStore, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[RedisEntryStore, P], Coroutine[Any, Any, T]]:
+    """Redis failures leave the store as StoreUnavailable, the one error the chain fails open on;
+    while the breaker is open, the call does not wait for Redis at all."""
 
     @wraps(method)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+    async def wrapper(store: RedisEntryStore, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        store.breaker.check()
         try:
-            return await method(*args, **kwargs)
+            return await method(store, *args, **kwargs)
         except (RedisError, OSError) as error:
+            store.breaker.failed(error)
             raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
 
     return wrapper
@@ -133,6 +140,24 @@ def _unavailable_on_redis_error(
 
 def _text(raw: bytes | None) -> str:
     return raw.decode("utf-8") if raw is not None else ""
+
+
+def persistence_advice(appendonly: str, save: str) -> tuple[int, str] | None:
+    """(log level, message) for a Redis's `appendonly` and `save` settings; None when the
+    append-only file is on (a crash loses at most a second with appendfsync everysec)."""
+    if appendonly.strip().lower() == "yes":
+        return None
+    if not save.strip():
+        return (
+            logging.WARNING,
+            'Redis persists nothing (appendonly no, save ""): a restart of Redis loses the '
+            "whole cache; give it appendonly yes and appendfsync everysec",
+        )
+    return (
+        logging.INFO,
+        f"Redis persists by RDB snapshots only (save {save}): a crash loses the answers stored "
+        "since the last snapshot; appendonly yes with appendfsync everysec loses at most a second",
+    )
 
 
 DEFAULT_FEED_MAX_LEN = 1_000_000
@@ -188,8 +213,16 @@ class RedisEntryStore:
         client: aioredis.Redis,
         prefix: str = DEFAULT_PREFIX,
         feed_max_len: int = DEFAULT_FEED_MAX_LEN,
+        *,
+        probe: aioredis.Redis | None = None,
     ) -> None:
+        """probe: a client of its own (closed with the store) for the breaker's PINGs, so a probe
+        never waits behind requests; None: the store's client."""
         self._redis = client
+        self._probe = probe
+        self.breaker = RedisBreaker(probe if probe is not None else client)
+        """Open while Redis is unreachable; the change feed of the same Redis shares it."""
+        self.breaker.reset_on_recovery(client)
         self.layout = KeyLayout(prefix)
         self._feed_max_len = feed_max_len
         self._fetch_hit = client.register_script(_FETCH_HIT)
@@ -216,7 +249,13 @@ class RedisEntryStore:
             retry=Retry(NoBackoff(), retries=0),
             health_check_interval=30,
         )
-        return cls(client, prefix, feed_max_len)
+        probe = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), retries=0),
+        )
+        return cls(client, prefix, feed_max_len, probe=probe)
 
     def _key(self, entry_id: str) -> str:
         return self.layout.entry(entry_id)
@@ -261,6 +300,7 @@ class RedisEntryStore:
             embedding_model=_text(fields["embedding_model"]),
             created_at=float(_text(fields["created_at"]) or 0.0),
             hits=int(_text(fields["hits"]) or 0),
+            owner=_text(fields["owner"]),
         )
 
     @_unavailable_on_redis_error
@@ -281,6 +321,7 @@ class RedisEntryStore:
             "partition": entry.partition,
             "embedding_model": entry.embedding_model,
             "created_at": repr(entry.created_at),
+            "owner": entry.owner,
             "embedding": (
                 np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
                 if embedding is not None
@@ -320,6 +361,7 @@ class RedisEntryStore:
 
     async def vectors(self, embedding_model: str) -> AsyncIterator[StoredVector]:
         prefix_length = len(self._key(""))
+        self.breaker.check()
         try:
             async for keys in self._scan_batches():
                 async with self._redis.pipeline(transaction=False) as pipe:
@@ -335,6 +377,7 @@ class RedisEntryStore:
                         vector=np.frombuffer(raw, dtype=np.float32),
                     )
         except (RedisError, OSError) as error:
+            self.breaker.failed(error)
             raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
 
     async def _scan_batches(self, batch: int = 1000) -> AsyncIterator[list[bytes]]:
@@ -365,5 +408,29 @@ class RedisEntryStore:
     async def ping(self) -> None:
         await self._redis.ping()
 
+    async def check_persistence(self) -> None:
+        """Log what a crash of this Redis would cost the cache: a warning when it persists
+        nothing, a note when it relies on RDB snapshots only (README: Redis in production).
+        A Redis that does not answer CONFIG GET (a managed one) or is down is not judged."""
+        try:
+            config = cast(dict[Any, Any], await self._redis.config_get("appendonly"))
+            config.update(cast(dict[Any, Any], await self._redis.config_get("save")))
+        except (RedisError, OSError) as error:
+            log.debug("cannot read Redis's persistence settings: %s", error)
+            return
+        settings = {
+            name.decode() if isinstance(name, bytes) else str(name): (
+                value.decode() if isinstance(value, bytes) else str(value)
+            )
+            for name, value in config.items()
+        }
+        advice = persistence_advice(settings.get("appendonly", ""), settings.get("save", ""))
+        if advice is not None:
+            level, message = advice
+            log.log(level, "%s", message)
+
     async def aclose(self) -> None:
+        await self.breaker.aclose()
         await self._redis.aclose()
+        if self._probe is not None:
+            await self._probe.aclose()

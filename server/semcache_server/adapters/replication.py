@@ -246,7 +246,19 @@ class IndexReplica:
                 if self._stopping:
                     return
                 self._outages.failed(error)
-                await asyncio.sleep(settings.retry_seconds)
+                await self._pause(settings.retry_seconds)
+
+    async def _pause(self, seconds: float) -> None:
+        """After a failure: until Redis answers again (its breaker closes), so the feed resumes
+        as soon as Redis does, and at most seconds; a failure that left the breaker closed (an
+        error Redis answered with) waits the whole time."""
+        breaker = self._feed.breaker
+        if breaker.closed:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await breaker.wait_closed()
 
     async def _apply(self, changes: list[Change]) -> None:
         wanted = [

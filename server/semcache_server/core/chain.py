@@ -25,6 +25,7 @@ from semcache_server.core.domain import (
     CachedEntry,
     Completion,
     FinishReason,
+    GenerationTimeout,
     Judgement,
     Origin,
     Query,
@@ -32,6 +33,7 @@ from semcache_server.core.domain import (
     Source,
     Speculation,
     TextDelta,
+    excerpt,
 )
 from semcache_server.core.flights import Flight, FlightKey, Landing
 from semcache_server.core.layers import ExactLayer, SemanticLayer, SemanticRequest
@@ -51,6 +53,8 @@ class ChainSettings:
     speculative_llm: Speculation
     """When the LLM starts alongside the semantic lookup; a hit cancels it."""
     limits: Limits
+    max_generation_seconds: float
+    """The longest an LLM call may take, whatever the callers' deadlines."""
     claim_seconds: float = 30.0
     """How long one replica's claim on a question lasts, and how long others wait for its answer."""
     claim_poll_seconds: float = 0.05
@@ -123,6 +127,12 @@ class CacheChain:
         """Names this replica's claims in Redis."""
         self._llm_calls = llm_calls
 
+    @property
+    def limits(self) -> Limits:
+        """What a request may carry; the edge checks the counts of repeated fields with them
+        before converting a request."""
+        return self._settings.limits
+
     async def ask(self, query: Query, control: CacheControl) -> Answer:
         origin: Origin | None = None
         parts: list[str] = []
@@ -154,7 +164,9 @@ class CacheChain:
             if not control.skip_lookup:
                 entry = await self._exact.lookup(entry_id)
                 if entry is not None:
-                    async for event in self._replay(entry, Source.EXACT, 1.0, started, None):
+                    async for event in self._replay(
+                        entry, query.tenant, Source.EXACT, 1.0, started, None
+                    ):
                         yield event
                     return
             flight = self._board(key)
@@ -169,6 +181,7 @@ class CacheChain:
                 if outcome.hit is not None:
                     async for event in self._replay(
                         outcome.hit.entry,
+                        query.tenant,
                         Source.SEMANTIC,
                         outcome.hit.similarity,
                         started,
@@ -301,20 +314,39 @@ class CacheChain:
         it by itself, the text is not blank, and the callers allowed storing."""
         await self._llm_calls.acquire()
         llm: PrefetchedStream | None = None
+        finish: LLMFinish | None = None
+        # The bound holds whatever the callers' deadlines (a caller may set none), and it ends
+        # before the store: a call past it stores nothing.
+        bound = asyncio.timeout(self._settings.max_generation_seconds)
         try:
-            llm = PrefetchedStream(self._llm, query)
-            await llm.request_sent(self._settings.llm_send_patience)
-            flight.departed.set()
-            if not control.skip_store:
-                # The entry needs an embedding for later semantic hits; make it while the LLM talks.
-                semantic.embed_ahead()
-            finish: LLMFinish | None = None
-            async with contextlib.aclosing(llm.events()) as stream:
-                async for event in stream:
-                    if isinstance(event, TextDelta):
-                        flight.append(event.text)
-                    else:
-                        finish = event
+            try:
+                async with bound:
+                    llm = PrefetchedStream(self._llm, query)
+                    await llm.request_sent(self._settings.llm_send_patience)
+                    flight.departed.set()
+                    if not control.skip_store:
+                        # The entry needs an embedding for later semantic hits; make it while the
+                        # LLM talks.
+                        semantic.embed_ahead()
+                    async with contextlib.aclosing(llm.events()) as stream:
+                        async for event in stream:
+                            if isinstance(event, TextDelta):
+                                flight.append(event.text)
+                            else:
+                                finish = event
+            except TimeoutError:
+                if not bound.expired():
+                    raise
+                seconds = self._settings.max_generation_seconds
+                log.warning(
+                    "an LLM call to model %r ran past the server's bound of %g s; cancelled",
+                    excerpt(query.model),
+                    seconds,
+                )
+                raise GenerationTimeout(
+                    f"the LLM did not finish the answer within {seconds:g} s, the most this "
+                    "server allows; nothing was stored"
+                ) from None
             stored = False
             if (
                 finish is not None
@@ -338,21 +370,25 @@ class CacheChain:
     async def _replay(
         self,
         entry: CachedEntry,
+        tenant: str,
         source: Source,
         similarity: float,
         started: float,
         semantic_status: SemanticStatus | None,
         judgement: Judgement | None = None,
     ) -> AsyncGenerator[AnswerEvent, None]:
+        """A stored answer as events. Who asked it, when and how often is told only to the tenant
+        that stored it (in a shared namespace another tenant gets the answer alone)."""
+        owner = entry.owned_by(tenant)
         yield Origin(
             source=source,
             model=entry.model,
             lookup_seconds=time.monotonic() - started,
             similarity=similarity,
-            matched_prompt=entry.prompt,
+            matched_prompt=entry.prompt if owner else "",
             entry_id=entry.entry_id,
-            cached_at=entry.created_at,
-            hits=entry.hits,
+            cached_at=entry.created_at if owner else None,
+            hits=entry.hits if owner else 0,
             semantic_status=semantic_status,
             decided_by=judgement.decided_by if judgement else None,
             verifier_score=judgement.score if judgement else None,

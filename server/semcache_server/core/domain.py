@@ -131,6 +131,20 @@ DEFAULT_NAMESPACE = "default"
 
 
 @dataclass(frozen=True)
+class Caller:
+    """Who asks, as authentication established it. The tenant owns the entries it stores; the
+    namespace holds the entries it may reuse: its own, or a shared one its operator opted it into.
+    """
+
+    tenant: str
+    namespace: str
+
+
+OPEN_ACCESS = Caller(DEFAULT_NAMESPACE, DEFAULT_NAMESPACE)
+"""The one caller of a server that runs without API keys."""
+
+
+@dataclass(frozen=True)
 class Query:
     """Everything that defines an answer: two equal queries may share one."""
 
@@ -140,6 +154,8 @@ class Query:
     options: GenerationOptions = field(default_factory=GenerationOptions)
     history: tuple[Turn, ...] = ()
     namespace: str = DEFAULT_NAMESPACE
+    tenant: str = DEFAULT_NAMESPACE
+    """Who asks: the owner of an entry this query stores. Part of no key; the namespace is."""
 
 
 @dataclass(frozen=True)
@@ -168,6 +184,14 @@ class CachedEntry:
     embedding_model: str
     created_at: float
     hits: int = 0
+    owner: str = ""
+    """The tenant that stored it; empty for an entry stored before owners were recorded."""
+
+    def owned_by(self, tenant: str) -> bool:
+        """Whether tenant may see what an entry reveals about its asker (the prompt, when, how
+        often). In a namespace of its own a tenant owns every entry; in a shared one, only its own.
+        """
+        return self.owner == tenant or (not self.owner and self.namespace == tenant)
 
 
 @dataclass(frozen=True)
@@ -221,6 +245,16 @@ class Answer:
     completion: Completion
 
 
+ECHO_CHARS = 40
+"""The most of a caller's value an error message repeats."""
+
+
+def excerpt(value: str, limit: int = ECHO_CHARS) -> str:
+    """A value as an error message may repeat it: clipped, because gRPC sends the message in a
+    header (a 5,000-character model name made NOT_FOUND fail as RESOURCE_EXHAUSTED)."""
+    return value if len(value) <= limit else f"{value[: limit - 1]}…"
+
+
 class SemcacheError(Exception):
     """Base of the errors a caller can act on; each maps to one gRPC status."""
 
@@ -229,6 +263,10 @@ class InvalidRequest(SemcacheError):
     def __init__(self, field_name: str, problem: str) -> None:
         super().__init__(f"{field_name}: {problem}")
         self.field_name = field_name
+
+
+class Unauthenticated(SemcacheError):
+    """The call carried no API key, or one this server does not know."""
 
 
 class LLMUnavailable(SemcacheError):
@@ -245,6 +283,11 @@ class LLMRejected(SemcacheError):
 
 class LLMStreamBroken(LLMUnavailable):
     """The LLM's stream ended before its final message; the partial answer is discarded."""
+
+
+class GenerationTimeout(SemcacheError):
+    """The LLM call outlasted the server's bound on generation, whatever the callers' deadlines;
+    every caller riding it is told, and nothing is stored."""
 
 
 class Overloaded(SemcacheError):

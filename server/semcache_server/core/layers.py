@@ -264,6 +264,7 @@ class SemanticRequest:
             namespace=query.namespace,
             embedding_model=self._layer.embedding_model if vector is not None else "",
             created_at=time.time(),
+            owner=query.tenant,
         )
         return await asyncio.shield(self._layer._write(entry, vector, ttl_seconds))
 

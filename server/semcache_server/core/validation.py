@@ -1,4 +1,9 @@
-"""Checks of a request before any work is done, each naming the field a caller must fix."""
+"""Checks of a request before any work is done, each naming the field a caller must fix.
+
+Every field has a limit: a request is small, finite and well-formed before the cache hashes,
+embeds, stores or forwards any of it. The limits an operator may tune come from
+`semcache_server.settings`; the rest are the constants below.
+"""
 
 from __future__ import annotations
 
@@ -7,44 +12,99 @@ from dataclasses import dataclass
 
 from semcache_server.core.domain import CacheControl, InvalidRequest, Query
 
+MAX_MODEL_CHARS = 200
+"""Ollama's names (host/namespace/name:tag) are far shorter; a longer one is a mistake or an
+attack, and it would be forwarded to Ollama and repeated in its errors."""
+MAX_STOP_SEQUENCES = 16
+MAX_STOP_CHARS = 200
+"""Stop sequences are short markers; each is part of the key and stored with the entry."""
+MAX_HISTORY_TURNS = 256
+CONTEXT_TIMES_PROMPT = 8
+"""The system prompt and the history together may hold this many times --max-prompt-chars."""
+MAX_TOKENS = 131_072
+"""The largest context windows of today's Ollama models; more is never generated."""
+
 
 @dataclass(frozen=True)
 class Limits:
-    """What a request may carry; the defaults live in `semcache_server.settings`."""
+    """What a request may carry: max_prompt_chars is a setting (`semcache_server.settings`), the
+    rest are the constants above unless a test or benchmark hands in others."""
 
     max_prompt_chars: int
+    max_model_chars: int = MAX_MODEL_CHARS
+    max_stop_sequences: int = MAX_STOP_SEQUENCES
+    max_stop_chars: int = MAX_STOP_CHARS
+    max_history_turns: int = MAX_HISTORY_TURNS
+    max_tokens: int = MAX_TOKENS
+
+    @property
+    def max_context_chars(self) -> int:
+        """The system prompt and every turn of the history, together."""
+        return CONTEXT_TIMES_PROMPT * self.max_prompt_chars
+
+
+def check_counts(limits: Limits, history_turns: int, stop_sequences: int) -> None:
+    """The repeated fields, counted before they are converted: a 4 MB request holds two million
+    empty turns, which take seconds of the event loop to convert."""
+    if history_turns > limits.max_history_turns:
+        raise InvalidRequest(
+            "history",
+            f"has {history_turns} turns; this server accepts at most {limits.max_history_turns}",
+        )
+    if stop_sequences > limits.max_stop_sequences:
+        raise InvalidRequest(
+            "options.stop",
+            f"has {stop_sequences} sequences; this server accepts at most "
+            f"{limits.max_stop_sequences}",
+        )
+
+
+def _check_length(name: str, value: str, limit: int) -> None:
+    if len(value) > limit:
+        raise InvalidRequest(
+            name, f"is {len(value)} characters; this server accepts at most {limit}"
+        )
 
 
 def _check_fraction(name: str, value: float | None, *, low_open: bool = False) -> None:
     if value is None:
         return
-    if math.isnan(value) or value > 1 or value < 0 or (low_open and value == 0):
+    # NaN fails every comparison, and infinity is no fraction: both are rejected here.
+    if not math.isfinite(value) or value > 1 or value < 0 or (low_open and value == 0):
         interval = "(0, 1]" if low_open else "[0, 1]"
-        raise InvalidRequest(name, f"must be in {interval}, got {value}")
+        raise InvalidRequest(name, f"must be a number in {interval}, got {value}")
 
 
 def validate(query: Query, control: CacheControl, limits: Limits) -> None:
+    """The whole request, before any work: the first field out of bounds is named."""
     if not query.prompt.strip():
         raise InvalidRequest("prompt", "must not be empty or blank")
-    if len(query.prompt) > limits.max_prompt_chars:
-        raise InvalidRequest(
-            "prompt",
-            f"is {len(query.prompt)} characters; this server accepts at most "
-            f"{limits.max_prompt_chars}",
-        )
+    _check_length("prompt", query.prompt, limits.max_prompt_chars)
     if not query.model.strip():
         raise InvalidRequest("model", 'is required: name the Ollama model, such as "llama3.2"')
+    _check_length("model", query.model, limits.max_model_chars)
+    _check_length("system", query.system, limits.max_context_chars)
+    check_counts(limits, len(query.history), len(query.options.stop))
     history_chars = sum(len(turn.content) for turn in query.history) + len(query.system)
-    if history_chars > 8 * limits.max_prompt_chars:
+    if history_chars > limits.max_context_chars:
         raise InvalidRequest(
-            "history", f"system prompt and history exceed {8 * limits.max_prompt_chars} characters"
+            "history",
+            f"the system prompt and history hold {history_chars} characters; this server "
+            f"accepts at most {limits.max_context_chars} together",
         )
+    for index, stop in enumerate(query.options.stop):
+        if not stop:
+            raise InvalidRequest(f"options.stop[{index}]", "must not be empty")
+        _check_length(f"options.stop[{index}]", stop, limits.max_stop_chars)
     _check_fraction("cache.similarity_threshold", control.similarity_threshold)
     _check_fraction("options.top_p", query.options.top_p, low_open=True)
     temperature = query.options.temperature
-    if temperature is not None and (math.isnan(temperature) or temperature < 0):
-        raise InvalidRequest("options.temperature", f"must be 0 or more, got {temperature}")
-    if query.options.max_tokens is not None and query.options.max_tokens <= 0:
+    if temperature is not None and not (math.isfinite(temperature) and temperature >= 0):
         raise InvalidRequest(
-            "options.max_tokens", f"must be positive, got {query.options.max_tokens}"
+            "options.temperature", f"must be a finite number, 0 or more, got {temperature}"
+        )
+    max_tokens = query.options.max_tokens
+    if max_tokens is not None and not 0 < max_tokens <= limits.max_tokens:
+        raise InvalidRequest(
+            "options.max_tokens", f"must be in [1, {limits.max_tokens}], got {max_tokens}"
         )

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from semcache.v1 import semcache_pb2 as pb
@@ -9,6 +14,7 @@ from semcache.v1 import semcache_pb2 as pb
 from semcache_server.core.domain import (
     Answer,
     CacheControl,
+    Caller,
     Check,
     Completion,
     FinishReason,
@@ -20,7 +26,39 @@ from semcache_server.core.domain import (
     SemanticStatus,
     Source,
     Turn,
+    excerpt,
 )
+from semcache_server.core.validation import Limits, check_counts
+
+log = logging.getLogger(__name__)
+
+RequestT = TypeVar("RequestT", pb.AskRequest, pb.AskStreamRequest)
+
+
+@dataclass(frozen=True)
+class MalformedRequest:
+    """Request bytes that do not parse. gRPC answers a deserializer that raises with UNKNOWN, the
+    exception's class and a logged traceback; the parser hands this to the servicer instead,
+    which answers INVALID_ARGUMENT like any other bad request."""
+
+    message_type: str
+    size: int
+    problem: str
+    """What the parser said, for the server log only."""
+
+
+def request_parser(message_type: type[RequestT]) -> Callable[[bytes], RequestT | MalformedRequest]:
+    """The request deserializer of one method: the message, or MalformedRequest."""
+    name = message_type.DESCRIPTOR.full_name
+
+    def parse(data: bytes) -> RequestT | MalformedRequest:
+        try:
+            return message_type.FromString(data)
+        except Exception as error:  # DecodeError, or whatever hostile bytes make the parser raise
+            return MalformedRequest(name, len(data), f"{type(error).__name__}: {error}")
+
+    return parse
+
 
 _SOURCES = {
     Source.EXACT: pb.SOURCE_EXACT,
@@ -67,15 +105,31 @@ def _turn(index: int, message: pb.Turn) -> Turn:
 
 
 def request_to_domain(
-    request: pb.AskRequest | pb.AskStreamRequest, namespace: str
+    request: pb.AskRequest | pb.AskStreamRequest | MalformedRequest, caller: Caller, limits: Limits
 ) -> tuple[Query, CacheControl]:
+    """The request as the core sees it; bytes that did not parse, and repeated fields past their
+    limits, are refused before anything is converted (the core checks the rest)."""
+    if isinstance(request, MalformedRequest):
+        # Logged here, once the caller is known (authentication comes first), not in the parser.
+        log.warning(
+            "refused a malformed %s of %d bytes: %s",
+            request.message_type,
+            request.size,
+            excerpt(request.problem, 200),
+        )
+        raise InvalidRequest(
+            "request",
+            f"is not a valid {request.message_type} message; build it from semcache.proto",
+        )
+    check_counts(limits, len(request.history), len(request.options.stop))
     query = Query(
         prompt=request.prompt,
         model=request.model,
         system=request.system,
         options=_options(request.options),
         history=tuple(_turn(i, turn) for i, turn in enumerate(request.history)),
-        namespace=namespace,
+        namespace=caller.namespace,
+        tenant=caller.tenant,
     )
     cache = request.cache
     control = CacheControl(

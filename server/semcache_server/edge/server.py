@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from semcache.v1 import semcache_pb2, semcache_pb2_grpc
+from semcache.v1 import semcache_pb2
 
 from semcache_server.core.chain import CacheChain
-from semcache_server.edge.servicer import SemcacheServicer
+from semcache_server.edge.auth import Authenticator
+from semcache_server.edge.servicer import SemcacheServicer, add_semcache_service
 
 SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["SemcacheService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+STORAGE_HEALTH_NAME = f"{SERVICE_NAME}.storage"
+"""A health name of its own for Redis: NOT_SERVING while the cache cannot reach it. "" and the
+service stay SERVING meanwhile (misses are still answered by the LLM), so balancers keep sending
+calls; monitoring watches this one."""
 
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -24,6 +32,24 @@ PENDING_CALLS = 100_000
 """Calls gRPC core may hold before the server picks them up (see the options below)."""
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of the server's TLS; with client_ca_file, clients must present a certificate
+    that one of its CAs signed (mutual TLS)."""
+
+    cert_file: Path
+    key_file: Path
+    client_ca_file: Path | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        client_ca = self.client_ca_file.read_bytes() if self.client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(self.key_file.read_bytes(), self.cert_file.read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+
 class GrpcServer:
     """A grpc.aio server carrying the semcache service, health and reflection, not yet started.
 
@@ -32,7 +58,15 @@ class GrpcServer:
     admission control (which sheds misses long before and keeps serving exact hits).
     """
 
-    def __init__(self, chain: CacheChain, host: str, port: int, max_calls: int) -> None:
+    def __init__(
+        self,
+        chain: CacheChain,
+        host: str,
+        port: int,
+        max_calls: int,
+        authenticator: Authenticator,
+        tls: grpc.ServerCredentials | None = None,
+    ) -> None:
         self.server = grpc.aio.server(
             maximum_concurrent_rpcs=max_calls,
             options=[
@@ -47,15 +81,18 @@ class GrpcServer:
                 ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
             ],
         )
-        semcache_pb2_grpc.add_SemcacheServiceServicer_to_server(  # type: ignore[no-untyped-call]
-            SemcacheServicer(chain), self.server
-        )
+        add_semcache_service(SemcacheServicer(chain, authenticator), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
-        self.port: int = self.server.add_insecure_port(f"{host}:{port}")
+        address = f"{host}:{port}"
+        self.port: int = (
+            self.server.add_insecure_port(address)
+            if tls is None
+            else self.server.add_secure_port(address, tls)
+        )
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")
 
@@ -63,6 +100,15 @@ class GrpcServer:
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def set_storage_health(self, reachable: bool) -> None:
+        """Report whether the cache can reach Redis under STORAGE_HEALTH_NAME."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if reachable
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set(STORAGE_HEALTH_NAME, status)
 
     async def stop(self, grace: float | None) -> None:
         """Health says NOT_SERVING first, so balancers drain this replica, then calls finish."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import NoReturn
 
 import grpc
@@ -14,35 +14,38 @@ from semcache.v1 import semcache_pb2_grpc as pb_grpc
 
 from semcache_server.core.chain import CacheChain
 from semcache_server.core.domain import (
-    DEFAULT_NAMESPACE,
+    Caller,
     Completion,
+    GenerationTimeout,
     InvalidRequest,
     LLMRejected,
     LLMUnavailable,
     ModelNotFound,
     Origin,
     Overloaded,
+    Unauthenticated,
+    excerpt,
 )
 from semcache_server.edge import converters
+from semcache_server.edge.auth import Authenticator
+from semcache_server.edge.converters import MalformedRequest
 
 log = logging.getLogger(__name__)
 
-TenantResolver = Callable[[grpc.aio.ServicerContext], str]
-"""Names the tenant of a call; the namespace that keeps tenants' entries apart."""
-
-
-def single_tenant(context: grpc.aio.ServicerContext) -> str:
-    return DEFAULT_NAMESPACE
-
-
 _STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (LLMRejected, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
     (LLMUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (GenerationTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
+MAX_MESSAGE_CHARS = 300
+"""gRPC sends the message in a header (8 KB by default, percent-encoded): past it the call
+fails as RESOURCE_EXHAUSTED instead. Messages echo callers' values only clipped (`excerpt`);
+this is the last guard."""
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
@@ -50,26 +53,31 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoRetur
     for error_type, code in _STATUS_OF:
         if isinstance(error, error_type):
             message = (
-                str(error)
-                if code != grpc.StatusCode.DEADLINE_EXCEEDED
-                else ("the deadline passed before the answer was complete; nothing was stored")
+                "the deadline passed before the answer was complete; nothing was stored"
+                if isinstance(error, TimeoutError)
+                else str(error)
             )
-            await context.abort(code, message)
+            await context.abort(code, excerpt(message, MAX_MESSAGE_CHARS))
     log.exception("unexpected error", exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
     raise AssertionError("context.abort returned")
 
 
 class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
-    def __init__(self, chain: CacheChain, tenant_of: TenantResolver = single_tenant) -> None:
+    def __init__(self, chain: CacheChain, authenticator: Authenticator) -> None:
         self._chain = chain
-        self._tenant_of = tenant_of
+        self._authenticator = authenticator
+
+    def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
+        return self._authenticator.caller(context.invocation_metadata() or ())
 
     async def Ask(
-        self, request: pb.AskRequest, context: grpc.aio.ServicerContext
+        self, request: pb.AskRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> pb.AskResponse:
         try:
-            query, control = converters.request_to_domain(request, self._tenant_of(context))
+            query, control = converters.request_to_domain(
+                request, self._caller(context), self._chain.limits
+            )
             async with asyncio.timeout(context.time_remaining()):
                 answer = await self._chain.ask(query, control)
         except Exception as error:
@@ -77,10 +85,12 @@ class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
         return converters.answer_to_response(answer)
 
     async def AskStream(
-        self, request: pb.AskStreamRequest, context: grpc.aio.ServicerContext
+        self, request: pb.AskStreamRequest | MalformedRequest, context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[pb.AskStreamResponse, None]:
         try:
-            query, control = converters.request_to_domain(request, self._tenant_of(context))
+            query, control = converters.request_to_domain(
+                request, self._caller(context), self._chain.limits
+            )
             async with (
                 asyncio.timeout(context.time_remaining()),
                 contextlib.aclosing(self._chain.ask_stream(query, control)) as events,
@@ -94,3 +104,24 @@ class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
                         yield converters.delta_to_stream(event.text)
         except Exception as error:
             await _abort(context, error)
+
+
+def add_semcache_service(servicer: SemcacheServicer, server: grpc.aio.Server) -> None:
+    """Registers the servicer as the generated add_SemcacheServiceServicer_to_server does, with
+    request parsers that hand malformed bytes to the servicer (INVALID_ARGUMENT) instead of
+    raising in gRPC (UNKNOWN, and a traceback for every such call)."""
+    handlers = {
+        "Ask": grpc.unary_unary_rpc_method_handler(
+            servicer.Ask,
+            request_deserializer=converters.request_parser(pb.AskRequest),
+            response_serializer=pb.AskResponse.SerializeToString,
+        ),
+        "AskStream": grpc.unary_stream_rpc_method_handler(
+            servicer.AskStream,
+            request_deserializer=converters.request_parser(pb.AskStreamRequest),
+            response_serializer=pb.AskStreamResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["SemcacheService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -30,14 +31,24 @@ def free_port() -> int:
 class RedisProcess:
     """Starts, stops and restarts on the same port, so a test can take Redis away and back."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, extra_args: Sequence[str] = ()
+    ) -> None:
+        """extra_args: more redis-server options, after the defaults so they win
+        (`["--appendonly", "yes"]`)."""
         self.data_dir = data_dir
         self.port = port or free_port()
+        self.extra_args = tuple(extra_args)
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        """The redis-server's process id (for a test to pause or kill it), 0 when stopped."""
+        return self._process.pid if self._process is not None else 0
 
     def start(self) -> RedisProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -56,6 +67,7 @@ class RedisProcess:
                 "no",
                 "--daemonize",
                 "no",
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

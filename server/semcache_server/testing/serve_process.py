@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -40,9 +40,11 @@ class ServeProcess:
         extra_args: Sequence[str] = (),
         *,
         capture_output: bool = True,
+        environment: Mapping[str, str] | None = None,
     ) -> None:
         """capture_output: keep what it prints for terminate() to return (tests); a long
-        benchmark lets it through instead, so a full pipe never blocks the server."""
+        benchmark lets it through instead, so a full pipe never blocks the server.
+        environment: variables set on top of the clean environment (TMPDIR, say)."""
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self._command = [
@@ -57,6 +59,7 @@ class ServeProcess:
             *extra_args,
         ]
         self._capture_output = capture_output
+        self._environment = dict(environment or {})
         self.process: subprocess.Popen[str] | None = None
 
     @property
@@ -66,7 +69,7 @@ class ServeProcess:
     def start(self, timeout: float = 60) -> ServeProcess:
         self.process = subprocess.Popen(
             self._command,
-            env=clean_environment(),
+            env=clean_environment() | self._environment,
             stdout=subprocess.PIPE if self._capture_output else None,
             stderr=subprocess.STDOUT if self._capture_output else None,
             text=True,
@@ -92,6 +95,13 @@ class ServeProcess:
         self.process.send_signal(signal.SIGTERM)
         output, _ = self.process.communicate(timeout=30)
         return self.process.returncode, output or ""
+
+    def kill(self) -> str:
+        """SIGKILL, as a crash or the OOM killer stops it; returns everything it printed."""
+        assert self.process is not None
+        self.process.kill()
+        output, _ = self.process.communicate(timeout=30)
+        return output or ""
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
