@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from semcache_server.adapters.embedded_redis import EmbeddedRedis, StateDirInUse
+from semcache_server.adapters.hot_entries import HotEntries
 from semcache_server.adapters.indexes.tiered import TieredIndex
 from semcache_server.adapters.ollama_llm import OllamaBackend
 from semcache_server.adapters.redis_breaker import RedisBreaker
@@ -65,7 +66,7 @@ EMBEDDINGS_IN_FLIGHT = 64
 """Prompts handed to the embedder at once: two of its batches (one running, one gathering);
 the rest wait here, up to --max-embedding-queue."""
 
-Part = Embedder | LLMBackend | EntryStore | Verifier | Judge
+Part = Embedder | LLMBackend | EntryStore | Verifier | Judge | HotEntries
 """Something the cache is built from and must close."""
 
 
@@ -146,6 +147,8 @@ class Cache:
     policy: HitPolicy
     embedder: Embedder
     store_outages: OutageLog
+    hot: HotEntries
+    """The store the layers use: hot entries kept in memory in front of `store`."""
     owned: list[Part] = field(default_factory=list)
 
     async def aclose(self) -> None:
@@ -198,12 +201,14 @@ async def build_cache(
         await Cache.close_parts(owned)
         raise
     store_outages = OutageLog("Redis")
+    hot = HotEntries(store, settings.hot_entries)
+    owned.insert(owned.index(store) + 1, hot)  # closed before the store: it flushes hit counts
     if index is None:
         index = TieredIndex(settings.index_graph_rows)
     semantic = SemanticLayer(
         embedder,
         index,
-        store,
+        hot,
         policy,
         store_outages,
         max_temperature=settings.max_semantic_temperature,
@@ -215,7 +220,7 @@ async def build_cache(
         ),
     )
     chain = CacheChain(
-        ExactLayer(store, store_outages),
+        ExactLayer(hot, store_outages),
         semantic,
         llm,
         ChainSettings(
@@ -232,7 +237,7 @@ async def build_cache(
             "--max-llm-calls, --max-llm-queue",
         ),
     )
-    return Cache(chain, semantic, store, index, policy, embedder, store_outages, owned)
+    return Cache(chain, semantic, store, index, policy, embedder, store_outages, hot, owned)
 
 
 async def _default_policy(
@@ -333,7 +338,9 @@ def build_replica(settings: Settings, redis_url: str, cache: Cache) -> IndexRepl
         cache.store.layout,
         cache.store.breaker,  # an outage the feed notices spares requests the wait, and back
     )
-    return IndexReplica(cache.index, cache.store, feed, cache.embedder.model_id, replication)
+    return IndexReplica(
+        cache.index, cache.store, feed, cache.embedder.model_id, replication, listener=cache.hot
+    )
 
 
 class StartupRefused(Exception):

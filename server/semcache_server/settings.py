@@ -232,6 +232,13 @@ class Settings:
         env="SEMCACHE_REPLAY_CHUNK_CHARS",
         help="Characters a message when a hit is streamed.",
     )
+    hot_entries: int = setting(
+        10_000,
+        flag="--hot-entries",
+        env="SEMCACHE_HOT_ENTRIES",
+        help="Entries just served that are kept in memory and served again without Redis; "
+        "changes on any replica reach them through the change feed. 0: always ask Redis.",
+    )
     redis_timeout: float = setting(
         0.5,
         flag="--redis-timeout",

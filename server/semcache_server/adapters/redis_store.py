@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
@@ -50,10 +50,13 @@ _FIELDS = (
 
 # Counting the hit and reading the entry in one atomic round trip; HINCRBY alone would
 # resurrect an expired entry as a hash holding nothing but a count.
+# The remaining time to live comes last, in ms (-1: none), for copies kept in memory.
 _FETCH_HIT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
 redis.call('HINCRBY', KEYS[1], 'hits', 1)
-return redis.call('HMGET', KEYS[1], unpack(ARGV))
+local values = redis.call('HMGET', KEYS[1], unpack(ARGV))
+values[#values + 1] = redis.call('PTTL', KEYS[1])
+return values
 """
 
 # Lua scripts run atomically: the entry, the expiry schedule, the feed's sequence number and its
@@ -113,7 +116,7 @@ return 0
 
 _RECORD_HIT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return redis.call('HINCRBY', KEYS[1], 'hits', 1)
+return redis.call('HINCRBY', KEYS[1], 'hits', tonumber(ARGV[1] or 1))
 """
 
 P = ParamSpec("P")
@@ -260,17 +263,25 @@ class RedisEntryStore:
     def _key(self, entry_id: str) -> str:
         return self.layout.entry(entry_id)
 
-    @_unavailable_on_redis_error
     async def fetch_hit(self, entry_id: str) -> CachedEntry | None:
-        """The exact layer's one round trip. EVALSHA is sent directly: redis-py's script object
-        costs more than the round trip itself on this path; it is loaded again if Redis lost it
-        (a restart, SCRIPT FLUSH)."""
+        entry, _ = await self.fetch_hit_with_ttl(entry_id)
+        return entry
+
+    @_unavailable_on_redis_error
+    async def fetch_hit_with_ttl(self, entry_id: str) -> tuple[CachedEntry | None, int | None]:
+        """The exact layer's one round trip: the entry, its hit counted, and the ms it has left
+        to live (None: no TTL). EVALSHA is sent directly: redis-py's script object costs more
+        than the round trip itself on this path; it is loaded again if Redis lost it (a restart,
+        SCRIPT FLUSH)."""
         key = self._key(entry_id)
         try:
             values = await self._redis.evalsha(self._fetch_hit.sha, 1, key, *_FIELDS)
         except NoScriptError:
             values = await self._fetch_hit(keys=[key], args=list(_FIELDS))
-        return self._entry(entry_id, values) if values else None
+        if not values:
+            return None, None
+        ttl_ms = int(values[-1])
+        return self._entry(entry_id, values[:-1]), ttl_ms if ttl_ms >= 0 else None
 
     @_unavailable_on_redis_error
     async def fetch(self, entry_id: str) -> CachedEntry | None:
@@ -282,6 +293,15 @@ class RedisEntryStore:
     @_unavailable_on_redis_error
     async def record_hit(self, entry_id: str) -> int:
         return int(await self._record_hit(keys=[self._key(entry_id)]))
+
+    @_unavailable_on_redis_error
+    async def record_hits(self, counts: Mapping[str, int]) -> None:
+        """Add hits counted elsewhere (served from memory), in one round trip; an entry gone
+        meanwhile stays gone."""
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            for entry_id, count in counts.items():
+                await self._record_hit(keys=[self._key(entry_id)], args=[count], client=pipeline)
+            await pipeline.execute()
 
     @staticmethod
     def _entry(entry_id: str, values: list[bytes | None]) -> CachedEntry:

@@ -21,6 +21,7 @@ import uuid
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -67,6 +68,19 @@ class SnapshotManifest:
     written_at: float
 
 
+class ChangeListener(Protocol):
+    """Something else that must hear of every change the feed reports (hot entries)."""
+
+    def forget(self, entry_id: str) -> None:
+        """The entry changed: put, deleted or expired."""
+
+    def clear(self) -> None:
+        """Changes may have been missed (the index was loaded or rebuilt): forget everything."""
+
+    def confirm(self) -> None:
+        """The feed was just read: every change until now has been reported."""
+
+
 class IndexReplica:
     """Owns the index's contents: loads them, follows the feed, and snapshots them."""
 
@@ -77,8 +91,10 @@ class IndexReplica:
         feed: RedisFeed,
         embedding_model: str,
         settings: ReplicationSettings,
+        listener: ChangeListener | None = None,
     ) -> None:
         self.index = index
+        self._listener = listener
         self._store = store
         self._feed = feed
         self._embedding_model = embedding_model
@@ -152,6 +168,8 @@ class IndexReplica:
             self._rebuild_needed = False
             self.loaded = True
         finally:
+            if self._listener is not None:
+                self._listener.clear()  # the feed's position moved past changes it never read
             self._first_attempt.set()
 
     async def _load_snapshot(self) -> bool:
@@ -232,6 +250,11 @@ class IndexReplica:
                 changes = await self._feed.read(
                     self.position, settings.block_seconds, settings.batch
                 )
+                if self._listener is not None:
+                    for change in changes:
+                        self._listener.forget(change.entry_id)
+                    if len(changes) < settings.batch:  # a full batch may leave more unread
+                        self._listener.confirm()
                 if changes:
                     await self._apply(changes)
                 self._outages.succeeded()
