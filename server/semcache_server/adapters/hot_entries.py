@@ -94,8 +94,12 @@ class HotEntries:
     async def fetch(self, entry_id: str) -> CachedEntry | None:
         hot = self._fresh(entry_id)
         if hot is not None:
-            return hot
-        return await self._store.fetch(entry_id)
+            return replace(hot, hits=hot.hits + self._pending_hits[entry_id])
+        changes = self._changes
+        entry, ttl_ms = await self._store.fetch_with_ttl(entry_id)
+        if entry is not None:
+            self._keep(entry, ttl_ms, changes)
+        return entry
 
     async def record_hit(self, entry_id: str) -> int:
         hot = self._fresh(entry_id)

@@ -291,6 +291,18 @@ class RedisEntryStore:
         return self._entry(entry_id, values) if values[0] is not None else None
 
     @_unavailable_on_redis_error
+    async def fetch_with_ttl(self, entry_id: str) -> tuple[CachedEntry | None, int | None]:
+        """The entry as it is and the ms it has left to live (None: no TTL), in one round trip."""
+        key = self._key(entry_id)
+        async with self._redis.pipeline(transaction=True) as pipeline:
+            pipeline.hmget(key, list(_FIELDS))
+            pipeline.pttl(key)
+            values, ttl_ms = await pipeline.execute()
+        if values[0] is None:
+            return None, None
+        return self._entry(entry_id, values), int(ttl_ms) if int(ttl_ms) >= 0 else None
+
+    @_unavailable_on_redis_error
     async def record_hit(self, entry_id: str) -> int:
         return int(await self._record_hit(keys=[self._key(entry_id)]))
 
