@@ -8,9 +8,10 @@ when the entry is already in memory (issue #11). So entries that were just serve
 Staleness is bounded by the change feed, which every replica follows anyway: each change (a put,
 a deletion, an expiry) drops the entry here (`forget`), a rebuild drops them all (`clear`), and
 the copy is used only while the follower has read the feed within `FOLLOW_PATIENCE` seconds
-(`confirm`). A change made on this replica drops its entry at once; one made on another replica
-arrives within the feed's lag (about 10 ms; see bench/replicas.py). An entry with a TTL is not kept
-past its deadline.
+(`confirm`) and Redis's breaker is closed: in an outage the cache is a miss, as without copies.
+A change made on this replica drops its entry at once; one made on another replica arrives
+within the feed's lag (about 10 ms; see bench/replicas.py). An entry with a TTL is not kept past
+its deadline.
 
 Hits served from memory are counted here and added to Redis in batches, so an entry's `hits` is
 exact on the replica that serves it and catches up on the others within `FLUSH_SECONDS`.
@@ -140,6 +141,8 @@ class HotEntries:
     def _fresh(self, entry_id: str) -> CachedEntry | None:
         if time.monotonic() - self._confirmed_at > FOLLOW_PATIENCE:
             return None  # the follower is behind: a change may be unreported
+        if not self._store.breaker.closed:
+            return None  # Redis is out: its changes cannot reach us, and callers see a miss
         hot = self._hot.get(entry_id)
         if hot is None:
             return None

@@ -21,6 +21,7 @@ from semcache_server.core.domain import (
     TextDelta,
     excerpt,
 )
+from semcache_server.core.outages import ThrottledLog
 from semcache_server.core.ports import LLMEvent, LLMFinish, RequestSent
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class OllamaBackend:
 
     def __init__(self, host: str | None, *, connect_timeout: float) -> None:
         self.address = host or DEFAULT_OLLAMA_HOST
+        self._failures = ThrottledLog(log)
+        """Each kind of failure logged at most every 10 s: an outage fails every miss."""
         # Generation may legitimately take minutes between tokens on a cold model, so only the
         # connection is bounded here; the caller's deadline bounds the rest. Each streaming answer
         # holds a connection for its whole length and Ollama queues requests itself, so the pool
@@ -133,7 +136,8 @@ class OllamaBackend:
         except ollama.ResponseError as error:
             raise self._translate(query, error) from None
         except (httpx.ConnectError, httpx.ConnectTimeout, ConnectionError) as error:
-            log.warning(
+            self._failures.warning(
+                "unreachable",
                 "cannot reach Ollama at %s: %s; is it running? Set --ollama-host / OLLAMA_HOST",
                 self.address,
                 excerpt(str(error) or type(error).__name__, LOGGED_CHARS),
@@ -142,7 +146,8 @@ class OllamaBackend:
         except httpx.TransportError as error:
             if finished:
                 return  # the answer was complete; only the end of the body was lost
-            log.warning(
+            self._failures.warning(
+                "broken",
                 "the connection to Ollama at %s broke mid-answer: %s",
                 self.address,
                 excerpt(str(error) or type(error).__name__, LOGGED_CHARS),
@@ -151,7 +156,9 @@ class OllamaBackend:
                 "the connection to Ollama broke mid-answer; nothing was stored"
             ) from None
         if not finished:
-            log.warning("Ollama at %s ended an answer without finishing it", self.address)
+            self._failures.warning(
+                "unfinished", "Ollama at %s ended an answer without finishing it", self.address
+            )
             raise LLMStreamBroken(
                 "Ollama ended the answer without finishing it; nothing was stored"
             )
@@ -160,7 +167,8 @@ class OllamaBackend:
         """Ollama's own words (and its address) go to the log only: the caller is told what
         happened in ours, with no internal address and nothing of unknown length."""
         status = error.status_code
-        log.warning(
+        self._failures.warning(
+            f"status {status}",
             "Ollama at %s answered %s for model %r: %s",
             self.address,
             "an error line mid-answer" if status < 0 else f"HTTP {status}",

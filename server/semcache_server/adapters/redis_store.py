@@ -109,6 +109,14 @@ end
 return #due
 """
 
+# Taken when free, and taken again (renewed) by the token that holds it.
+_CLAIM = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 _RELEASE_CLAIM = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -233,6 +241,7 @@ class RedisEntryStore:
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
         self._sweep_expired = client.register_script(_SWEEP_EXPIRED)
+        self._claim = client.register_script(_CLAIM)
         self._release_claim = client.register_script(_RELEASE_CLAIM)
 
     @classmethod
@@ -427,8 +436,8 @@ class RedisEntryStore:
 
     @_unavailable_on_redis_error
     async def claim(self, entry_id: str, token: str, seconds: float) -> bool:
-        claimed = await self._redis.set(
-            self.layout.claim(entry_id), token, nx=True, px=max(1, int(seconds * 1000))
+        claimed = await self._claim(
+            keys=[self.layout.claim(entry_id)], args=[token, max(1, int(seconds * 1000))]
         )
         return bool(claimed)
 

@@ -56,7 +56,10 @@ class ChainSettings:
     max_generation_seconds: float
     """The longest an LLM call may take, whatever the callers' deadlines."""
     claim_seconds: float = 30.0
-    """How long one replica's claim on a question lasts, and how long others wait for its answer."""
+    """How long callers on other replicas wait for the answer of a replica that claimed it."""
+    claim_lease_seconds: float = 5.0
+    """A claim's life in Redis, renewed every third of it while its LLM call runs: a claim whose
+    release was lost (Redis killed or paused at the wrong moment) blocks nobody for longer."""
     claim_poll_seconds: float = 0.05
     llm_send_patience: float = 0.005
     """How long other work waits for the LLM request to leave (a new connection takes longest);
@@ -132,6 +135,11 @@ class CacheChain:
         """What a request may carry; the edge checks the counts of repeated fields with them
         before converting a request."""
         return self._settings.limits
+
+    @property
+    def token(self) -> str:
+        """Names this replica's claims in Redis."""
+        return self._token
 
     async def ask(self, query: Query, control: CacheControl) -> Answer:
         origin: Origin | None = None
@@ -278,28 +286,39 @@ class CacheChain:
         if stored_elsewhere is not None:
             flight.append(stored_elsewhere)
             return Landing(stored=False, finish=LLMFinish(FinishReason.STOP))
+        held = claimed and not control.skip_lookup
+        renewal = asyncio.create_task(self._renew_claim(entry_id)) if held else None
         try:
             return await self._generate(flight, query, control, entry_id, semantic)
         finally:
-            if claimed and not control.skip_lookup:
+            if renewal is not None:
+                renewal.cancel()
+            if held:
                 await self._exact.release_claim(entry_id, self._token)
+
+    async def _renew_claim(self, entry_id: str) -> None:
+        lease = self._settings.claim_lease_seconds
+        while True:
+            await asyncio.sleep(lease / 3)
+            await self._exact.claim(entry_id, self._token, lease)
 
     async def _claim_or_wait(self, flight: Flight, entry_id: str) -> tuple[bool, str | None]:
         """(True, None) once this replica holds the claim; (False, text) when another replica
-        stored the answer meanwhile; (False, None) when the wait ran out."""
-        seconds = self._settings.claim_seconds
-        if await self._exact.claim(entry_id, self._token, seconds):
+        stored the answer meanwhile; (False, None) when the wait ran out. A claim this replica
+        holds already (one whose release was lost) is its own to take again."""
+        lease = self._settings.claim_lease_seconds
+        if await self._exact.claim(entry_id, self._token, lease):
             return True, None
         flight.remote = True
         flight.departed.set()  # no request of ours to let leave first
-        deadline = time.monotonic() + seconds
+        deadline = time.monotonic() + self._settings.claim_seconds
         while time.monotonic() < deadline:
             await asyncio.sleep(self._settings.claim_poll_seconds)
             entry = await self._exact.lookup(entry_id)
             if entry is not None:
                 return False, entry.text
-            if await self._exact.claim(entry_id, self._token, seconds):
-                return True, None  # the other replica gave up (its call failed): ours now
+            if await self._exact.claim(entry_id, self._token, lease):
+                return True, None  # the other replica gave up, or its lease ran out: ours now
         return False, None
 
     async def _generate(

@@ -107,7 +107,8 @@ class EntryStore(Protocol):
 
     async def claim(self, entry_id: str, token: str, seconds: float) -> bool:
         """Take the short lock that says "this question's answer is being generated" across
-        replicas; False when another holder has it. Expires by itself after seconds."""
+        replicas, or renew it when token holds it already; False when another token has it.
+        Expires by itself after seconds."""
         ...
 
     async def release_claim(self, entry_id: str, token: str) -> None:
