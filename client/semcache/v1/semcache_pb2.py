@@ -26,43 +26,69 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemcache/v1/semcache.proto\x12\x0bsemcache.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"8\n\x04Turn\x12\x1f\n\x04role\x18\x01 \x01(\x0e\x32\x11.semcache.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xad\x01\n\x11GenerationOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\x92\x01\n\x0c\x43\x61\x63heControl\x12\x13\n\x0bskip_lookup\x18\x01 \x01(\x08\x12\x12\n\nskip_store\x18\x02 \x01(\x08\x12!\n\x14similarity_threshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1d\n\x15semantic_with_history\x18\x04 \x01(\x08\x42\x17\n\x15_similarity_threshold\"\xba\x01\n\nAskRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.semcache.v1.GenerationOptions\x12\"\n\x07history\x18\x05 \x03(\x0b\x32\x11.semcache.v1.Turn\x12(\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x19.semcache.v1.CacheControl\"\xa2\x04\n\x0b\x41skResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12#\n\x06source\x18\x02 \x01(\x0e\x32\x13.semcache.v1.Source\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\x16\n\x0ematched_prompt\x18\x04 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12-\n\tcached_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0flookup_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06stored\x18\t \x01(\x08\x12\x30\n\rfinish_reason\x18\n \x01(\x0e\x32\x19.semcache.v1.FinishReason\x12\x0c\n\x04hits\x18\x0b \x01(\x03\x12\x34\n\x0fsemantic_status\x18\x0c \x01(\x0e\x32\x1b.semcache.v1.SemanticStatus\x12.\n\ndecided_by\x18\r \x01(\x0e\x32\x1a.semcache.v1.SemanticCheck\x12\x1b\n\x0everifier_score\x18\x0e \x01(\x02H\x00\x88\x01\x01\x12\x31\n\x0ejudge_duration\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fshared_llm_call\x18\x10 \x01(\x08\x42\x11\n\x0f_verifier_score\"\xc0\x01\n\x10\x41skStreamRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.semcache.v1.GenerationOptions\x12\"\n\x07history\x18\x05 \x03(\x0b\x32\x11.semcache.v1.Turn\x12(\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x19.semcache.v1.CacheControl\"\xd5\x03\n\x0e\x41skStreamStart\x12#\n\x06source\x18\x01 \x01(\x0e\x32\x13.semcache.v1.Source\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x16\n\x0ematched_prompt\x18\x03 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12-\n\tcached_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0flookup_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04hits\x18\x08 \x01(\x03\x12\x34\n\x0fsemantic_status\x18\t \x01(\x0e\x32\x1b.semcache.v1.SemanticStatus\x12.\n\ndecided_by\x18\n \x01(\x0e\x32\x1a.semcache.v1.SemanticCheck\x12\x1b\n\x0everifier_score\x18\x0b \x01(\x02H\x00\x88\x01\x01\x12\x31\n\x0ejudge_duration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fshared_llm_call\x18\r \x01(\x08\x42\x11\n\x0f_verifier_score\"\x1e\n\x0e\x41skStreamDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xc7\x01\n\x0c\x41skStreamEnd\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.semcache.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05\x12\x31\n\x0etotal_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa2\x01\n\x11\x41skStreamResponse\x12,\n\x05start\x18\x01 \x01(\x0b\x32\x1b.semcache.v1.AskStreamStartH\x00\x12,\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1b.semcache.v1.AskStreamDeltaH\x00\x12(\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x19.semcache.v1.AskStreamEndH\x00\x42\x07\n\x05\x65vent*W\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_EXACT\x10\x01\x12\x13\n\x0fSOURCE_SEMANTIC\x10\x02\x12\x0e\n\nSOURCE_LLM\x10\x03*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*\xb1\x02\n\x0eSemanticStatus\x12\x1f\n\x1bSEMANTIC_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18SEMANTIC_STATUS_SEARCHED\x10\x01\x12%\n!SEMANTIC_STATUS_REJECTED_BY_GUARD\x10\x02\x12&\n\"SEMANTIC_STATUS_SKIPPED_EXACT_ONLY\x10\x03\x12#\n\x1fSEMANTIC_STATUS_SKIPPED_HISTORY\x10\x04\x12\'\n#SEMANTIC_STATUS_SKIPPED_TEMPERATURE\x10\x05\x12\"\n\x1eSEMANTIC_STATUS_SKIPPED_LOOKUP\x10\x06\x12\x1f\n\x1bSEMANTIC_STATUS_UNAVAILABLE\x10\x07*\x9b\x01\n\rSemanticCheck\x12\x1e\n\x1aSEMANTIC_CHECK_UNSPECIFIED\x10\x00\x12\x19\n\x15SEMANTIC_CHECK_COSINE\x10\x01\x12\x18\n\x14SEMANTIC_CHECK_GUARD\x10\x02\x12\x1b\n\x17SEMANTIC_CHECK_VERIFIER\x10\x03\x12\x18\n\x14SEMANTIC_CHECK_JUDGE\x10\x04\x32\x99\x01\n\x0fSemcacheService\x12\x38\n\x03\x41sk\x12\x17.semcache.v1.AskRequest\x1a\x18.semcache.v1.AskResponse\x12L\n\tAskStream\x12\x1d.semcache.v1.AskStreamRequest\x1a\x1e.semcache.v1.AskStreamResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asemcache/v1/semcache.proto\x12\x0bsemcache.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"8\n\x04Turn\x12\x1f\n\x04role\x18\x01 \x01(\x0e\x32\x11.semcache.v1.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xad\x01\n\x11GenerationOptions\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x17\n\nmax_tokens\x18\x03 \x01(\x05H\x02\x88\x01\x01\x12\x11\n\x04seed\x18\x04 \x01(\x03H\x03\x88\x01\x01\x12\x0c\n\x04stop\x18\x05 \x03(\tB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\r\n\x0b_max_tokensB\x07\n\x05_seed\"\xe6\x01\n\x0c\x43\x61\x63heControl\x12\x13\n\x0bskip_lookup\x18\x01 \x01(\x08\x12\x12\n\nskip_store\x18\x02 \x01(\x08\x12!\n\x14similarity_threshold\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x1d\n\x15semantic_with_history\x18\x04 \x01(\x08\x12*\n\x07max_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12&\n\x03ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x17\n\x15_similarity_threshold\"\xba\x01\n\nAskRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.semcache.v1.GenerationOptions\x12\"\n\x07history\x18\x05 \x03(\x0b\x32\x11.semcache.v1.Turn\x12(\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x19.semcache.v1.CacheControl\"\xca\x04\n\x0b\x41skResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12#\n\x06source\x18\x02 \x01(\x0e\x32\x13.semcache.v1.Source\x12\x12\n\nsimilarity\x18\x03 \x01(\x02\x12\x16\n\x0ematched_prompt\x18\x04 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x05 \x01(\t\x12\r\n\x05model\x18\x06 \x01(\t\x12-\n\tcached_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0flookup_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06stored\x18\t \x01(\x08\x12\x30\n\rfinish_reason\x18\n \x01(\x0e\x32\x19.semcache.v1.FinishReason\x12\x0c\n\x04hits\x18\x0b \x01(\x03\x12\x34\n\x0fsemantic_status\x18\x0c \x01(\x0e\x32\x1b.semcache.v1.SemanticStatus\x12.\n\ndecided_by\x18\r \x01(\x0e\x32\x1a.semcache.v1.SemanticCheck\x12\x1b\n\x0everifier_score\x18\x0e \x01(\x02H\x00\x88\x01\x01\x12\x31\n\x0ejudge_duration\x18\x0f \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fshared_llm_call\x18\x10 \x01(\x08\x12&\n\x03\x61ge\x18\x11 \x01(\x0b\x32\x19.google.protobuf.DurationB\x11\n\x0f_verifier_score\"\xc0\x01\n\x10\x41skStreamRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0e\n\x06system\x18\x03 \x01(\t\x12/\n\x07options\x18\x04 \x01(\x0b\x32\x1e.semcache.v1.GenerationOptions\x12\"\n\x07history\x18\x05 \x03(\x0b\x32\x11.semcache.v1.Turn\x12(\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x19.semcache.v1.CacheControl\"\xfd\x03\n\x0e\x41skStreamStart\x12#\n\x06source\x18\x01 \x01(\x0e\x32\x13.semcache.v1.Source\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\x12\x16\n\x0ematched_prompt\x18\x03 \x01(\t\x12\x10\n\x08\x65ntry_id\x18\x04 \x01(\t\x12\r\n\x05model\x18\x05 \x01(\t\x12-\n\tcached_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0flookup_duration\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04hits\x18\x08 \x01(\x03\x12\x34\n\x0fsemantic_status\x18\t \x01(\x0e\x32\x1b.semcache.v1.SemanticStatus\x12.\n\ndecided_by\x18\n \x01(\x0e\x32\x1a.semcache.v1.SemanticCheck\x12\x1b\n\x0everifier_score\x18\x0b \x01(\x02H\x00\x88\x01\x01\x12\x31\n\x0ejudge_duration\x18\x0c \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fshared_llm_call\x18\r \x01(\x08\x12&\n\x03\x61ge\x18\x0e \x01(\x0b\x32\x19.google.protobuf.DurationB\x11\n\x0f_verifier_score\"\x1e\n\x0e\x41skStreamDelta\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xc7\x01\n\x0c\x41skStreamEnd\x12\x0e\n\x06stored\x18\x01 \x01(\x08\x12\x10\n\x08\x65ntry_id\x18\x02 \x01(\t\x12\x30\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x19.semcache.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x04 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x05 \x01(\x05\x12\x31\n\x0etotal_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xa2\x01\n\x11\x41skStreamResponse\x12,\n\x05start\x18\x01 \x01(\x0b\x32\x1b.semcache.v1.AskStreamStartH\x00\x12,\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x1b.semcache.v1.AskStreamDeltaH\x00\x12(\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x19.semcache.v1.AskStreamEndH\x00\x42\x07\n\x05\x65vent\"\x9a\x02\n\x05\x45ntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\r\n\x05model\x18\x04 \x01(\t\x12\x0e\n\x06system\x18\x05 \x01(\t\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x08 \x01(\t\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04hits\x18\x0b \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x0c \x01(\x03\"&\n\x12\x44\x65leteEntryRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\"&\n\x13\x44\x65leteEntryResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\"/\n\x0ePromptSelector\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\"\x99\x01\n\x11InvalidateRequest\x12-\n\x06prompt\x18\x01 \x01(\x0b\x32\x1b.semcache.v1.PromptSelectorH\x00\x12\x0f\n\x05model\x18\x02 \x01(\tH\x00\x12\x19\n\x0f\x65mbedding_model\x18\x03 \x01(\tH\x00\x12\r\n\x03\x61ll\x18\x04 \x01(\x08H\x00\x12\x0e\n\x06tenant\x18\x05 \x01(\tB\n\n\x08selector\"%\n\x12InvalidateResponse\x12\x0f\n\x07removed\x18\x01 \x01(\x03\"!\n\x0fGetStatsRequest\x12\x0e\n\x06tenant\x18\x01 \x01(\t\"\xd6\x01\n\x10GetStatsResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x01(\x03\x12\x12\n\nexact_hits\x18\x02 \x01(\x03\x12\x15\n\rsemantic_hits\x18\x03 \x01(\x03\x12\x11\n\tllm_calls\x18\x04 \x01(\x03\x12\x11\n\thit_ratio\x18\x05 \x01(\x01\x12\x17\n\x0fllm_calls_saved\x18\x06 \x01(\x03\x12\x14\n\x0ctokens_saved\x18\x07 \x01(\x03\x12\x15\n\rindex_entries\x18\x08 \x01(\x03\x12\x1a\n\x12redis_memory_bytes\x18\t \x01(\x03\"K\n\x12ListEntriesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\"S\n\x13ListEntriesResponse\x12#\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x12.semcache.v1.Entry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"#\n\x0fGetEntryRequest\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\"5\n\x10GetEntryResponse\x12!\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x12.semcache.v1.Entry*W\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_EXACT\x10\x01\x12\x13\n\x0fSOURCE_SEMANTIC\x10\x02\x12\x0e\n\nSOURCE_LLM\x10\x03*?\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x12\n\x0eROLE_ASSISTANT\x10\x02*_\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02*\xb1\x02\n\x0eSemanticStatus\x12\x1f\n\x1bSEMANTIC_STATUS_UNSPECIFIED\x10\x00\x12\x1c\n\x18SEMANTIC_STATUS_SEARCHED\x10\x01\x12%\n!SEMANTIC_STATUS_REJECTED_BY_GUARD\x10\x02\x12&\n\"SEMANTIC_STATUS_SKIPPED_EXACT_ONLY\x10\x03\x12#\n\x1fSEMANTIC_STATUS_SKIPPED_HISTORY\x10\x04\x12\'\n#SEMANTIC_STATUS_SKIPPED_TEMPERATURE\x10\x05\x12\"\n\x1eSEMANTIC_STATUS_SKIPPED_LOOKUP\x10\x06\x12\x1f\n\x1bSEMANTIC_STATUS_UNAVAILABLE\x10\x07*\x9b\x01\n\rSemanticCheck\x12\x1e\n\x1aSEMANTIC_CHECK_UNSPECIFIED\x10\x00\x12\x19\n\x15SEMANTIC_CHECK_COSINE\x10\x01\x12\x18\n\x14SEMANTIC_CHECK_GUARD\x10\x02\x12\x1b\n\x17SEMANTIC_CHECK_VERIFIER\x10\x03\x12\x18\n\x14SEMANTIC_CHECK_JUDGE\x10\x04\x32\x99\x01\n\x0fSemcacheService\x12\x38\n\x03\x41sk\x12\x17.semcache.v1.AskRequest\x1a\x18.semcache.v1.AskResponse\x12L\n\tAskStream\x12\x1d.semcache.v1.AskStreamRequest\x1a\x1e.semcache.v1.AskStreamResponse0\x01\x32\x98\x03\n\x11\x43\x61\x63heAdminService\x12P\n\x0b\x44\x65leteEntry\x12\x1f.semcache.v1.DeleteEntryRequest\x1a .semcache.v1.DeleteEntryResponse\x12M\n\nInvalidate\x12\x1e.semcache.v1.InvalidateRequest\x1a\x1f.semcache.v1.InvalidateResponse\x12G\n\x08GetStats\x12\x1c.semcache.v1.GetStatsRequest\x1a\x1d.semcache.v1.GetStatsResponse\x12P\n\x0bListEntries\x12\x1f.semcache.v1.ListEntriesRequest\x1a .semcache.v1.ListEntriesResponse\x12G\n\x08GetEntry\x12\x1c.semcache.v1.GetEntryRequest\x1a\x1d.semcache.v1.GetEntryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'semcache.v1.semcache_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SOURCE']._serialized_start=2295
-  _globals['_SOURCE']._serialized_end=2382
-  _globals['_ROLE']._serialized_start=2384
-  _globals['_ROLE']._serialized_end=2447
-  _globals['_FINISHREASON']._serialized_start=2449
-  _globals['_FINISHREASON']._serialized_end=2544
-  _globals['_SEMANTICSTATUS']._serialized_start=2547
-  _globals['_SEMANTICSTATUS']._serialized_end=2852
-  _globals['_SEMANTICCHECK']._serialized_start=2855
-  _globals['_SEMANTICCHECK']._serialized_end=3010
+  _globals['_SOURCE']._serialized_start=3574
+  _globals['_SOURCE']._serialized_end=3661
+  _globals['_ROLE']._serialized_start=3663
+  _globals['_ROLE']._serialized_end=3726
+  _globals['_FINISHREASON']._serialized_start=3728
+  _globals['_FINISHREASON']._serialized_end=3823
+  _globals['_SEMANTICSTATUS']._serialized_start=3826
+  _globals['_SEMANTICSTATUS']._serialized_end=4131
+  _globals['_SEMANTICCHECK']._serialized_start=4134
+  _globals['_SEMANTICCHECK']._serialized_end=4289
   _globals['_TURN']._serialized_start=108
   _globals['_TURN']._serialized_end=164
   _globals['_GENERATIONOPTIONS']._serialized_start=167
   _globals['_GENERATIONOPTIONS']._serialized_end=340
   _globals['_CACHECONTROL']._serialized_start=343
-  _globals['_CACHECONTROL']._serialized_end=489
-  _globals['_ASKREQUEST']._serialized_start=492
-  _globals['_ASKREQUEST']._serialized_end=678
-  _globals['_ASKRESPONSE']._serialized_start=681
-  _globals['_ASKRESPONSE']._serialized_end=1227
-  _globals['_ASKSTREAMREQUEST']._serialized_start=1230
-  _globals['_ASKSTREAMREQUEST']._serialized_end=1422
-  _globals['_ASKSTREAMSTART']._serialized_start=1425
-  _globals['_ASKSTREAMSTART']._serialized_end=1894
-  _globals['_ASKSTREAMDELTA']._serialized_start=1896
-  _globals['_ASKSTREAMDELTA']._serialized_end=1926
-  _globals['_ASKSTREAMEND']._serialized_start=1929
-  _globals['_ASKSTREAMEND']._serialized_end=2128
-  _globals['_ASKSTREAMRESPONSE']._serialized_start=2131
-  _globals['_ASKSTREAMRESPONSE']._serialized_end=2293
-  _globals['_SEMCACHESERVICE']._serialized_start=3013
-  _globals['_SEMCACHESERVICE']._serialized_end=3166
+  _globals['_CACHECONTROL']._serialized_end=573
+  _globals['_ASKREQUEST']._serialized_start=576
+  _globals['_ASKREQUEST']._serialized_end=762
+  _globals['_ASKRESPONSE']._serialized_start=765
+  _globals['_ASKRESPONSE']._serialized_end=1351
+  _globals['_ASKSTREAMREQUEST']._serialized_start=1354
+  _globals['_ASKSTREAMREQUEST']._serialized_end=1546
+  _globals['_ASKSTREAMSTART']._serialized_start=1549
+  _globals['_ASKSTREAMSTART']._serialized_end=2058
+  _globals['_ASKSTREAMDELTA']._serialized_start=2060
+  _globals['_ASKSTREAMDELTA']._serialized_end=2090
+  _globals['_ASKSTREAMEND']._serialized_start=2093
+  _globals['_ASKSTREAMEND']._serialized_end=2292
+  _globals['_ASKSTREAMRESPONSE']._serialized_start=2295
+  _globals['_ASKSTREAMRESPONSE']._serialized_end=2457
+  _globals['_ENTRY']._serialized_start=2460
+  _globals['_ENTRY']._serialized_end=2742
+  _globals['_DELETEENTRYREQUEST']._serialized_start=2744
+  _globals['_DELETEENTRYREQUEST']._serialized_end=2782
+  _globals['_DELETEENTRYRESPONSE']._serialized_start=2784
+  _globals['_DELETEENTRYRESPONSE']._serialized_end=2822
+  _globals['_PROMPTSELECTOR']._serialized_start=2824
+  _globals['_PROMPTSELECTOR']._serialized_end=2871
+  _globals['_INVALIDATEREQUEST']._serialized_start=2874
+  _globals['_INVALIDATEREQUEST']._serialized_end=3027
+  _globals['_INVALIDATERESPONSE']._serialized_start=3029
+  _globals['_INVALIDATERESPONSE']._serialized_end=3066
+  _globals['_GETSTATSREQUEST']._serialized_start=3068
+  _globals['_GETSTATSREQUEST']._serialized_end=3101
+  _globals['_GETSTATSRESPONSE']._serialized_start=3104
+  _globals['_GETSTATSRESPONSE']._serialized_end=3318
+  _globals['_LISTENTRIESREQUEST']._serialized_start=3320
+  _globals['_LISTENTRIESREQUEST']._serialized_end=3395
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=3397
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=3480
+  _globals['_GETENTRYREQUEST']._serialized_start=3482
+  _globals['_GETENTRYREQUEST']._serialized_end=3517
+  _globals['_GETENTRYRESPONSE']._serialized_start=3519
+  _globals['_GETENTRYRESPONSE']._serialized_end=3572
+  _globals['_SEMCACHESERVICE']._serialized_start=4292
+  _globals['_SEMCACHESERVICE']._serialized_end=4445
+  _globals['_CACHEADMINSERVICE']._serialized_start=4448
+  _globals['_CACHEADMINSERVICE']._serialized_end=4856
 # @@protoc_insertion_point(module_scope)

@@ -95,16 +95,20 @@ class GenerationOptions(_message.Message):
     def __init__(self, temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., max_tokens: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CacheControl(_message.Message):
-    __slots__ = ("skip_lookup", "skip_store", "similarity_threshold", "semantic_with_history")
+    __slots__ = ("skip_lookup", "skip_store", "similarity_threshold", "semantic_with_history", "max_age", "ttl")
     SKIP_LOOKUP_FIELD_NUMBER: _ClassVar[int]
     SKIP_STORE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_WITH_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_FIELD_NUMBER: _ClassVar[int]
+    TTL_FIELD_NUMBER: _ClassVar[int]
     skip_lookup: bool
     skip_store: bool
     similarity_threshold: float
     semantic_with_history: bool
-    def __init__(self, skip_lookup: _Optional[bool] = ..., skip_store: _Optional[bool] = ..., similarity_threshold: _Optional[float] = ..., semantic_with_history: _Optional[bool] = ...) -> None: ...
+    max_age: _duration_pb2.Duration
+    ttl: _duration_pb2.Duration
+    def __init__(self, skip_lookup: _Optional[bool] = ..., skip_store: _Optional[bool] = ..., similarity_threshold: _Optional[float] = ..., semantic_with_history: _Optional[bool] = ..., max_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
     __slots__ = ("prompt", "model", "system", "options", "history", "cache")
@@ -123,7 +127,7 @@ class AskRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., cache: _Optional[_Union[CacheControl, _Mapping]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("text", "source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "stored", "finish_reason", "hits", "semantic_status", "decided_by", "verifier_score", "judge_duration", "shared_llm_call")
+    __slots__ = ("text", "source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "stored", "finish_reason", "hits", "semantic_status", "decided_by", "verifier_score", "judge_duration", "shared_llm_call", "age")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
@@ -140,6 +144,7 @@ class AskResponse(_message.Message):
     VERIFIER_SCORE_FIELD_NUMBER: _ClassVar[int]
     JUDGE_DURATION_FIELD_NUMBER: _ClassVar[int]
     SHARED_LLM_CALL_FIELD_NUMBER: _ClassVar[int]
+    AGE_FIELD_NUMBER: _ClassVar[int]
     text: str
     source: Source
     similarity: float
@@ -156,7 +161,8 @@ class AskResponse(_message.Message):
     verifier_score: float
     judge_duration: _duration_pb2.Duration
     shared_llm_call: bool
-    def __init__(self, text: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stored: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ..., decided_by: _Optional[_Union[SemanticCheck, str]] = ..., verifier_score: _Optional[float] = ..., judge_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., shared_llm_call: _Optional[bool] = ...) -> None: ...
+    age: _duration_pb2.Duration
+    def __init__(self, text: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stored: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ..., decided_by: _Optional[_Union[SemanticCheck, str]] = ..., verifier_score: _Optional[float] = ..., judge_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., shared_llm_call: _Optional[bool] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AskStreamRequest(_message.Message):
     __slots__ = ("prompt", "model", "system", "options", "history", "cache")
@@ -175,7 +181,7 @@ class AskStreamRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., cache: _Optional[_Union[CacheControl, _Mapping]] = ...) -> None: ...
 
 class AskStreamStart(_message.Message):
-    __slots__ = ("source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "hits", "semantic_status", "decided_by", "verifier_score", "judge_duration", "shared_llm_call")
+    __slots__ = ("source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "hits", "semantic_status", "decided_by", "verifier_score", "judge_duration", "shared_llm_call", "age")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     MATCHED_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +195,7 @@ class AskStreamStart(_message.Message):
     VERIFIER_SCORE_FIELD_NUMBER: _ClassVar[int]
     JUDGE_DURATION_FIELD_NUMBER: _ClassVar[int]
     SHARED_LLM_CALL_FIELD_NUMBER: _ClassVar[int]
+    AGE_FIELD_NUMBER: _ClassVar[int]
     source: Source
     similarity: float
     matched_prompt: str
@@ -202,7 +209,8 @@ class AskStreamStart(_message.Message):
     verifier_score: float
     judge_duration: _duration_pb2.Duration
     shared_llm_call: bool
-    def __init__(self, source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ..., decided_by: _Optional[_Union[SemanticCheck, str]] = ..., verifier_score: _Optional[float] = ..., judge_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., shared_llm_call: _Optional[bool] = ...) -> None: ...
+    age: _duration_pb2.Duration
+    def __init__(self, source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ..., decided_by: _Optional[_Union[SemanticCheck, str]] = ..., verifier_score: _Optional[float] = ..., judge_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., shared_llm_call: _Optional[bool] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class AskStreamDelta(_message.Message):
     __slots__ = ("text",)
@@ -235,3 +243,129 @@ class AskStreamResponse(_message.Message):
     delta: AskStreamDelta
     end: AskStreamEnd
     def __init__(self, start: _Optional[_Union[AskStreamStart, _Mapping]] = ..., delta: _Optional[_Union[AskStreamDelta, _Mapping]] = ..., end: _Optional[_Union[AskStreamEnd, _Mapping]] = ...) -> None: ...
+
+class Entry(_message.Message):
+    __slots__ = ("entry_id", "prompt", "text", "model", "system", "namespace", "owner", "embedding_model", "created_at", "expires_at", "hits", "completion_tokens")
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SYSTEM_FIELD_NUMBER: _ClassVar[int]
+    NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    prompt: str
+    text: str
+    model: str
+    system: str
+    namespace: str
+    owner: str
+    embedding_model: str
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    hits: int
+    completion_tokens: int
+    def __init__(self, entry_id: _Optional[str] = ..., prompt: _Optional[str] = ..., text: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., namespace: _Optional[str] = ..., owner: _Optional[str] = ..., embedding_model: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., hits: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+
+class DeleteEntryRequest(_message.Message):
+    __slots__ = ("entry_id",)
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    def __init__(self, entry_id: _Optional[str] = ...) -> None: ...
+
+class DeleteEntryResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class PromptSelector(_message.Message):
+    __slots__ = ("prompt", "model")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    model: str
+    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ...) -> None: ...
+
+class InvalidateRequest(_message.Message):
+    __slots__ = ("prompt", "model", "embedding_model", "all", "tenant")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    prompt: PromptSelector
+    model: str
+    embedding_model: str
+    all: bool
+    tenant: str
+    def __init__(self, prompt: _Optional[_Union[PromptSelector, _Mapping]] = ..., model: _Optional[str] = ..., embedding_model: _Optional[str] = ..., all: _Optional[bool] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class InvalidateResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: int
+    def __init__(self, removed: _Optional[int] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ("tenant",)
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    def __init__(self, tenant: _Optional[str] = ...) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("entries", "exact_hits", "semantic_hits", "llm_calls", "hit_ratio", "llm_calls_saved", "tokens_saved", "index_entries", "redis_memory_bytes")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    EXACT_HITS_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_HITS_FIELD_NUMBER: _ClassVar[int]
+    LLM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    HIT_RATIO_FIELD_NUMBER: _ClassVar[int]
+    LLM_CALLS_SAVED_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_SAVED_FIELD_NUMBER: _ClassVar[int]
+    INDEX_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    REDIS_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    entries: int
+    exact_hits: int
+    semantic_hits: int
+    llm_calls: int
+    hit_ratio: float
+    llm_calls_saved: int
+    tokens_saved: int
+    index_entries: int
+    redis_memory_bytes: int
+    def __init__(self, entries: _Optional[int] = ..., exact_hits: _Optional[int] = ..., semantic_hits: _Optional[int] = ..., llm_calls: _Optional[int] = ..., hit_ratio: _Optional[float] = ..., llm_calls_saved: _Optional[int] = ..., tokens_saved: _Optional[int] = ..., index_entries: _Optional[int] = ..., redis_memory_bytes: _Optional[int] = ...) -> None: ...
+
+class ListEntriesRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "tenant")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    tenant: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class ListEntriesResponse(_message.Message):
+    __slots__ = ("entries", "next_page_token")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[Entry]
+    next_page_token: str
+    def __init__(self, entries: _Optional[_Iterable[_Union[Entry, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class GetEntryRequest(_message.Message):
+    __slots__ = ("entry_id",)
+    ENTRY_ID_FIELD_NUMBER: _ClassVar[int]
+    entry_id: str
+    def __init__(self, entry_id: _Optional[str] = ...) -> None: ...
+
+class GetEntryResponse(_message.Message):
+    __slots__ = ("entry",)
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    entry: Entry
+    def __init__(self, entry: _Optional[_Union[Entry, _Mapping]] = ...) -> None: ...

@@ -151,3 +151,265 @@ class SemcacheService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CacheAdminServiceStub:
+    """CacheAdminService lets operators and tenants see and purge what the cache holds. A tenant's key
+    reaches its own entries only; an operator's key (--admin-keys-file) reaches every tenant's, and
+    may name one with `tenant`. On a server without keys every call is allowed (loopback only).
+    Deletions go through the change feed, so every replica's index drops them.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.DeleteEntry = channel.unary_unary(
+                '/semcache.v1.CacheAdminService/DeleteEntry',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryResponse.FromString,
+                _registered_method=True)
+        self.Invalidate = channel.unary_unary(
+                '/semcache.v1.CacheAdminService/Invalidate',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.InvalidateRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.InvalidateResponse.FromString,
+                _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/semcache.v1.CacheAdminService/GetStats',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
+        self.ListEntries = channel.unary_unary(
+                '/semcache.v1.CacheAdminService/ListEntries',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.ListEntriesRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.ListEntriesResponse.FromString,
+                _registered_method=True)
+        self.GetEntry = channel.unary_unary(
+                '/semcache.v1.CacheAdminService/GetEntry',
+                request_serializer=semcache_dot_v1_dot_semcache__pb2.GetEntryRequest.SerializeToString,
+                response_deserializer=semcache_dot_v1_dot_semcache__pb2.GetEntryResponse.FromString,
+                _registered_method=True)
+
+
+class CacheAdminServiceServicer:
+    """CacheAdminService lets operators and tenants see and purge what the cache holds. A tenant's key
+    reaches its own entries only; an operator's key (--admin-keys-file) reaches every tenant's, and
+    may name one with `tenant`. On a server without keys every call is allowed (loopback only).
+    Deletions go through the change feed, so every replica's index drops them.
+    """
+
+    def DeleteEntry(self, request, context):
+        """DeleteEntry removes one entry by its id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Invalidate(self, request, context):
+        """Invalidate removes every entry that matches a prompt, a model, an embedding model, or a
+        whole namespace, and says how many it removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetStats(self, request, context):
+        """GetStats reports what the cache holds and what it saved.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEntries(self, request, context):
+        """ListEntries pages through the entries, in no promised order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEntry(self, request, context):
+        """GetEntry returns one entry by its id, answer included.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CacheAdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'DeleteEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEntry,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.DeleteEntryResponse.SerializeToString,
+            ),
+            'Invalidate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Invalidate,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.InvalidateRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.InvalidateResponse.SerializeToString,
+            ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.GetStatsRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'ListEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEntries,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.ListEntriesRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.ListEntriesResponse.SerializeToString,
+            ),
+            'GetEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEntry,
+                    request_deserializer=semcache_dot_v1_dot_semcache__pb2.GetEntryRequest.FromString,
+                    response_serializer=semcache_dot_v1_dot_semcache__pb2.GetEntryResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'semcache.v1.CacheAdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('semcache.v1.CacheAdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CacheAdminService:
+    """CacheAdminService lets operators and tenants see and purge what the cache holds. A tenant's key
+    reaches its own entries only; an operator's key (--admin-keys-file) reaches every tenant's, and
+    may name one with `tenant`. On a server without keys every call is allowed (loopback only).
+    Deletions go through the change feed, so every replica's index drops them.
+    """
+
+    @staticmethod
+    def DeleteEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.CacheAdminService/DeleteEntry',
+            semcache_dot_v1_dot_semcache__pb2.DeleteEntryRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.DeleteEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Invalidate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.CacheAdminService/Invalidate',
+            semcache_dot_v1_dot_semcache__pb2.InvalidateRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.InvalidateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.CacheAdminService/GetStats',
+            semcache_dot_v1_dot_semcache__pb2.GetStatsRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.CacheAdminService/ListEntries',
+            semcache_dot_v1_dot_semcache__pb2.ListEntriesRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.ListEntriesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/semcache.v1.CacheAdminService/GetEntry',
+            semcache_dot_v1_dot_semcache__pb2.GetEntryRequest.SerializeToString,
+            semcache_dot_v1_dot_semcache__pb2.GetEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -109,9 +109,9 @@ class HotEntries:
         self._count_hit(entry_id)
         return hot.hits + self._pending_hits[entry_id]
 
-    async def delete(self, entry_id: str) -> None:
+    async def delete(self, entry_id: str) -> bool:
         self.forget(entry_id)
-        await self._store.delete(entry_id)
+        return await self._store.delete(entry_id)
 
     async def put(
         self, entry: CachedEntry, embedding: Vector | None, ttl_seconds: float | None

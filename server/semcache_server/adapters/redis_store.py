@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from functools import wraps
@@ -26,7 +28,14 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, RedisError
 
 from semcache_server.adapters.redis_breaker import RedisBreaker
-from semcache_server.core.domain import CachedEntry, Role, StoreUnavailable, Turn
+from semcache_server.core.admin import Counts, Listed
+from semcache_server.core.domain import (
+    CachedEntry,
+    InvalidRequest,
+    Role,
+    StoreUnavailable,
+    Turn,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +55,7 @@ _FIELDS = (
     "created_at",
     "hits",
     "owner",
+    "completion_tokens",
 )
 
 # Counting the hit and reading the entry in one atomic round trip; HINCRBY alone would
@@ -212,6 +222,10 @@ class KeyLayout:
         """Held while one replica generates this entry's answer (cross-replica single-flight)."""
         return f"{self.prefix}claim:{entry_id}"
 
+    def counts(self, namespace: str) -> str:
+        """What replicas counted for a namespace (hits by layer, LLM calls, tokens saved)."""
+        return f"{self.prefix}counts:{namespace}"
+
     @property
     def expiries(self) -> str:
         """Entries with a TTL, scored by their deadline in ms."""
@@ -342,6 +356,7 @@ class RedisEntryStore:
             created_at=float(_text(fields["created_at"]) or 0.0),
             hits=int(_text(fields["hits"]) or 0),
             owner=_text(fields["owner"]),
+            completion_tokens=int(_text(fields["completion_tokens"]) or 0),
         )
 
     @_unavailable_on_redis_error
@@ -363,6 +378,7 @@ class RedisEntryStore:
             "embedding_model": entry.embedding_model,
             "created_at": repr(entry.created_at),
             "owner": entry.owner,
+            "completion_tokens": str(entry.completion_tokens),
             "embedding": (
                 np.ascontiguousarray(embedding, dtype=np.float32).tobytes()
                 if embedding is not None
@@ -431,8 +447,98 @@ class RedisEntryStore:
                 return
 
     @_unavailable_on_redis_error
-    async def delete(self, entry_id: str) -> None:
-        await self._delete(keys=self._feed_keys(entry_id), args=[entry_id, self._feed_max_len])
+    async def delete(self, entry_id: str) -> bool:
+        """False when there was no such entry; a deletion reaches every replica by the feed."""
+        reported = await self._delete(
+            keys=self._feed_keys(entry_id), args=[entry_id, self._feed_max_len]
+        )
+        return reported is not None
+
+    # --- the catalogue: the store seen whole, for admin calls (core/admin.py) -------------
+
+    async def scan(self, namespace: str | None) -> AsyncIterator[Listed]:
+        """Every entry of namespace (None: all), without its text: SCAN, then one pipelined
+        HMGET and PTTL a batch of 1,000."""
+        self.breaker.check()
+        try:
+            async for keys in self._scan_batches():
+                for listed in await self._listed(keys):
+                    if namespace is None or listed.entry.namespace == namespace:
+                        yield listed
+        except (RedisError, OSError) as error:
+            self.breaker.failed(error)
+            raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
+
+    @_unavailable_on_redis_error
+    async def page(
+        self, namespace: str | None, cursor: str, count: int
+    ) -> tuple[list[Listed], str]:
+        """One SCAN step of about count keys (Redis's cursor, so a page may hold fewer, or none,
+        of namespace's entries; the listing ends when the cursor returns "")."""
+        try:
+            position = int(cursor or "0")
+        except ValueError:
+            raise InvalidRequest("page_token", "is not one this server gave out") from None
+        position, keys = await self._redis.scan(position, match=self._key("*"), count=count)
+        listed = [
+            item
+            for item in await self._listed(cast(list[bytes], keys))
+            if namespace is None or item.entry.namespace == namespace
+        ]
+        return listed, str(position) if position else ""
+
+    async def _listed(self, keys: list[bytes]) -> list[Listed]:
+        fields = [name for name in _FIELDS if name != "text"]
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            for key in keys:
+                pipeline.hmget(key, fields)
+                pipeline.pttl(key)
+            replies = await pipeline.execute()
+        now = time.time()
+        prefix = len(self._key(""))
+        listed = []
+        for index, key in enumerate(keys):
+            values, ttl_ms = replies[2 * index], int(replies[2 * index + 1])
+            if values[0] is None:
+                continue  # gone since the SCAN
+            row = dict(zip(fields, values, strict=True))
+            entry = self._entry(key.decode()[prefix:], [row.get(name) for name in _FIELDS])
+            listed.append(Listed(entry, now + ttl_ms / 1000 if ttl_ms >= 0 else None))
+        return listed
+
+    @_unavailable_on_redis_error
+    async def get(self, entry_id: str) -> Listed | None:
+        entry, ttl_ms = await self.fetch_with_ttl(entry_id)
+        if entry is None:
+            return None
+        return Listed(entry, time.time() + ttl_ms / 1000 if ttl_ms is not None else None)
+
+    @_unavailable_on_redis_error
+    async def counts(self, namespace: str | None) -> Counts:
+        if namespace is not None:
+            keys = [self.layout.counts(namespace)]
+        else:
+            keys = [key async for key in self._redis.scan_iter(self.layout.counts("*"))]
+        totals: dict[str, int] = {}
+        for key in keys:
+            for field, value in (await self._redis.hgetall(key)).items():
+                name = field.decode() if isinstance(field, bytes) else str(field)
+                totals[name] = totals.get(name, 0) + int(value)
+        return Counts(**{name: totals.get(name, 0) for name in Counts.__dataclass_fields__})
+
+    @_unavailable_on_redis_error
+    async def add_counts(self, counts: Mapping[str, Counter[str]]) -> None:
+        """Add what a replica counted (namespace -> field -> amount), in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            for namespace, fields in counts.items():
+                for field, amount in fields.items():
+                    pipeline.hincrby(self.layout.counts(namespace), field, amount)
+            await pipeline.execute()
+
+    @_unavailable_on_redis_error
+    async def memory_bytes(self) -> int:
+        info = await self._redis.info("memory")
+        return int(info.get("used_memory", 0))
 
     @_unavailable_on_redis_error
     async def claim(self, entry_id: str, token: str, seconds: float) -> bool:

@@ -8,9 +8,11 @@ and a connection and usually times out anyway. Exact hits never pass through her
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 from semcache_server.core.domain import Overloaded
+from semcache_server.core.observing import observer
 
 
 class Admission:
@@ -31,6 +33,7 @@ class Admission:
             self._active += 1
             return
         if len(self._waiting) >= self._queue:
+            observer().shed(self._what)
             raise Overloaded(
                 f"too many {self._what}: {self._limit} in flight and {self._queue} waiting, "
                 f"the most this server allows ({self._settings}); retry later"
@@ -43,7 +46,10 @@ class Admission:
             if ticket.done() and not ticket.cancelled():
                 self.release()  # the slot was handed over just as the caller left
             else:
-                self._waiting.remove(ticket)
+                # release() may have dropped the cancelled ticket already, between the
+                # cancellation and this line.
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(ticket)
             raise
 
     def release(self) -> None:

@@ -17,6 +17,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from semcache_server.core import keys
+from semcache_server.core.admin import NoTally, Tally
 from semcache_server.core.admission import Admission
 from semcache_server.core.domain import (
     Answer,
@@ -37,7 +38,8 @@ from semcache_server.core.domain import (
 )
 from semcache_server.core.flights import Flight, FlightKey, Landing
 from semcache_server.core.layers import ExactLayer, SemanticLayer, SemanticRequest
-from semcache_server.core.ports import LLMBackend, LLMEvent, LLMFinish
+from semcache_server.core.observing import observer, timed
+from semcache_server.core.ports import LLMBackend, LLMEvent, LLMFinish, Stage
 from semcache_server.core.validation import Limits, validate
 
 log = logging.getLogger(__name__)
@@ -119,6 +121,7 @@ class CacheChain:
         llm: LLMBackend,
         settings: ChainSettings,
         llm_calls: Admission,
+        tally: Tally | None = None,
     ) -> None:
         """llm_calls bounds the LLM calls in flight and waiting (single-flight riders make none)."""
         self._exact = exact
@@ -129,6 +132,7 @@ class CacheChain:
         self._token = uuid.uuid4().hex
         """Names this replica's claims in Redis."""
         self._llm_calls = llm_calls
+        self._tally: Tally = tally if tally is not None else NoTally()
 
     @property
     def limits(self) -> Limits:
@@ -170,8 +174,10 @@ class CacheChain:
         shared = False
         try:
             if not control.skip_lookup:
-                entry = await self._exact.lookup(entry_id)
-                if entry is not None:
+                with timed(Stage.EXACT_LOOKUP):
+                    entry = await self._exact.lookup(entry_id)
+                if entry is not None and not control.too_old(entry, time.time()):
+                    self._tally.count(query.namespace, Source.EXACT, entry.completion_tokens)
                     async for event in self._replay(
                         entry, query.tenant, Source.EXACT, 1.0, started, None
                     ):
@@ -187,6 +193,8 @@ class CacheChain:
                 outcome = await semantic.lookup()
                 status, judgement = outcome.status, outcome.judgement
                 if outcome.hit is not None:
+                    hit = outcome.hit.entry
+                    self._tally.count(query.namespace, Source.SEMANTIC, hit.completion_tokens)
                     async for event in self._replay(
                         outcome.hit.entry,
                         query.tenant,
@@ -217,6 +225,7 @@ class CacheChain:
                 yield TextDelta(text)
             landing = flight.landing
             assert landing is not None
+            self._tally.count(query.namespace, Source.LLM)
             finish = landing.finish
             yield Completion(
                 stored=landing.stored,
@@ -373,8 +382,13 @@ class CacheChain:
                 and "".join(flight.deltas).strip()
                 and not control.skip_store
             ):
+                ttl = (
+                    control.ttl_seconds
+                    if control.ttl_seconds is not None
+                    else self._settings.ttl_seconds
+                )
                 stored = await semantic.store(
-                    entry_id, "".join(flight.deltas), self._settings.ttl_seconds
+                    entry_id, "".join(flight.deltas), ttl, finish.completion_tokens
                 )
             return Landing(stored, finish)
         finally:
@@ -399,6 +413,8 @@ class CacheChain:
         """A stored answer as events. Who asked it, when and how often is told only to the tenant
         that stored it (in a shared namespace another tenant gets the answer alone)."""
         owner = entry.owned_by(tenant)
+        observer().tokens_saved(entry.completion_tokens)
+        age = max(0.0, time.time() - entry.created_at)
         yield Origin(
             source=source,
             model=entry.model,
@@ -408,6 +424,7 @@ class CacheChain:
             entry_id=entry.entry_id,
             cached_at=entry.created_at if owner else None,
             hits=entry.hits if owner else 0,
+            age_seconds=age if owner else None,
             semantic_status=semantic_status,
             decided_by=judgement.decided_by if judgement else None,
             verifier_score=judgement.score if judgement else None,

@@ -166,6 +166,13 @@ class CacheControl:
     skip_store: bool = False
     similarity_threshold: float | None = None
     semantic_with_history: bool = False
+    max_age_seconds: float | None = None
+    """Reuse only answers stored at most this long ago; None: any age."""
+    ttl_seconds: float | None = None
+    """How long the answer this request stores lives; None: the server's --ttl."""
+
+    def too_old(self, entry: CachedEntry, now: float) -> bool:
+        return self.max_age_seconds is not None and now - entry.created_at > self.max_age_seconds
 
 
 @dataclass(frozen=True)
@@ -186,6 +193,8 @@ class CachedEntry:
     hits: int = 0
     owner: str = ""
     """The tenant that stored it; empty for an entry stored before owners were recorded."""
+    completion_tokens: int = 0
+    """What the LLM generated for it: each hit saves as many."""
 
     def owned_by(self, tenant: str) -> bool:
         """Whether tenant may see what an entry reveals about its asker (the prompt, when, how
@@ -213,6 +222,8 @@ class Origin:
     judge_seconds: float | None = None
     shared_llm_call: bool = False
     """The caller joined an LLM call already under way for the same question (single-flight)."""
+    age_seconds: float | None = None
+    """How long ago the reused answer was stored; None for an LLM answer."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +278,10 @@ class InvalidRequest(SemcacheError):
 
 class Unauthenticated(SemcacheError):
     """The call carried no API key, or one this server does not know."""
+
+
+class Forbidden(SemcacheError):
+    """The key is known but does not reach what the call asks for (another tenant's entries)."""
 
 
 class LLMUnavailable(SemcacheError):

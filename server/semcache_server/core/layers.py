@@ -28,9 +28,10 @@ from semcache_server.core.domain import (
     StoreUnavailable,
     Verdict,
 )
+from semcache_server.core.observing import observer, timed
 from semcache_server.core.outages import OutageLog
 from semcache_server.core.policy import ExactOnlyPolicy, for_request
-from semcache_server.core.ports import Embedder, EntryStore, HitPolicy, Vector, VectorIndex
+from semcache_server.core.ports import Embedder, EntryStore, HitPolicy, Stage, Vector, VectorIndex
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ class SemanticLayer:
     def begin(self, query: Query, control: CacheControl) -> SemanticRequest:
         """The layer's state for one request; close() it when the request ends."""
         policy = for_request(self._policy, control.similarity_threshold)
-        return SemanticRequest(self, query, policy, self._skip_reason(query, control, policy))
+        skipped = self._skip_reason(query, control, policy)
+        return SemanticRequest(self, query, control, policy, skipped)
 
     def _skip_reason(
         self, query: Query, control: CacheControl, policy: HitPolicy
@@ -137,7 +139,8 @@ class SemanticLayer:
         """None when the embedder failed; raises Overloaded when too many embeddings wait."""
         await self._embeddings.acquire()
         try:
-            vector: Vector = (await self._embedder.embed([prompt]))[0]
+            with timed(Stage.EMBEDDING):
+                vector: Vector = (await self._embedder.embed([prompt]))[0]
         except EmbedderUnavailable as error:
             self._embedder_outages.failed(error)
             return None
@@ -149,7 +152,10 @@ class SemanticLayer:
     async def _search(
         self, request: SemanticRequest, vector: Vector, policy: HitPolicy
     ) -> SemanticOutcome:
-        neighbours = await self._index.nearest(request.partition, vector, k=policy.candidates)
+        with timed(Stage.SEARCH):
+            neighbours = await self._index.nearest(request.partition, vector, k=policy.candidates)
+        if neighbours:
+            observer().nearest(neighbours[0].similarity)
         near = [n for n in neighbours if n.similarity >= policy.floor]
         if not near:
             return _SEARCHED_MISS
@@ -159,14 +165,17 @@ class SemanticLayer:
                 entry = await self._store.fetch(neighbour.entry_id)
                 if entry is None:  # expired or deleted behind the index's back
                     await asyncio.to_thread(self._index.remove, neighbour.entry_id)
-                elif entry.partition == request.partition:
+                elif entry.partition == request.partition and not request.control.too_old(
+                    entry, time.time()
+                ):
                     entries.append((entry, neighbour.similarity))
             if not entries:
                 return _SEARCHED_MISS
-            judgement = await policy.judge(
-                request.query.prompt,
-                [Candidate(entry.prompt, similarity) for entry, similarity in entries],
-            )
+            with timed(Stage.VERIFICATION):
+                judgement = await policy.judge(
+                    request.query.prompt,
+                    [Candidate(entry.prompt, similarity) for entry, similarity in entries],
+                )
             if judgement.verdict is not Verdict.HIT or judgement.chosen is None:
                 status = (
                     SemanticStatus.REJECTED_BY_GUARD
@@ -208,10 +217,13 @@ class SemanticRequest:
         self,
         layer: SemanticLayer,
         query: Query,
+        control: CacheControl,
         policy: HitPolicy,
         skipped: SemanticStatus | None,
     ) -> None:
         self.query = query
+        self.control = control
+        """How the request uses the cache (its max_age filters candidates)."""
         self.skipped = skipped
         """Why the layer may not answer this request; None when it may."""
         self._layer = layer
@@ -241,7 +253,9 @@ class SemanticRequest:
         if self._embedding is None:
             self._embedding = asyncio.ensure_future(self._layer.embed(self.query.prompt))
 
-    async def store(self, entry_id: str, text: str, ttl_seconds: float | None) -> bool:
+    async def store(
+        self, entry_id: str, text: str, ttl_seconds: float | None, completion_tokens: int = 0
+    ) -> bool:
         """Write the answer with its embedding (when the embedder works); False when not stored.
 
         Once the embedding is there, the write is shielded: a caller that leaves at the last moment
@@ -265,6 +279,7 @@ class SemanticRequest:
             embedding_model=self._layer.embedding_model if vector is not None else "",
             created_at=time.time(),
             owner=query.tenant,
+            completion_tokens=completion_tokens,
         )
         return await asyncio.shield(self._layer._write(entry, vector, ttl_seconds))
 

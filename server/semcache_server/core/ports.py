@@ -7,6 +7,7 @@ knows both. A test or a benchmark can hand in any object that fits.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -99,7 +100,9 @@ class EntryStore(Protocol):
         """Count a hit; the new count, or 0 when the entry is gone."""
         ...
 
-    async def delete(self, entry_id: str) -> None: ...
+    async def delete(self, entry_id: str) -> bool:
+        """False when there was no such entry."""
+        ...
 
     async def put(
         self, entry: CachedEntry, embedding: Vector | None, ttl_seconds: float | None
@@ -204,3 +207,67 @@ class Judge(Protocol):
         ...
 
     async def aclose(self) -> None: ...
+
+
+# --- request observer -----------------------------------------------------------------------
+
+
+class Stage(enum.Enum):
+    """A timed step of a request, as its observer hears of it."""
+
+    EXACT_LOOKUP = "exact_lookup"
+    """The exact layer's lookup (one Redis round trip, or a hot entry in memory)."""
+    EMBEDDING = "embedding"
+    """Embedding the prompt (micro-batching included, the wait for admission not)."""
+    SEARCH = "search"
+    """The vector index's nearest-neighbour search in the request's partition."""
+    VERIFICATION = "verification"
+    """The hit policy's judgement of the candidates: guards, pair verifier, LLM judge."""
+    LLM_FIRST_TOKEN = "llm_first_token"
+    """From the LLM request to its first token."""
+    LLM_TOTAL = "llm_total"
+    """From the LLM request to its final message."""
+
+
+class LLMOutcome(enum.Enum):
+    """How an LLM call ended."""
+
+    COMPLETED = "completed"
+    """Its final message arrived."""
+    CANCELLED = "cancelled"
+    """Closed before its end: a semantic hit after a speculative start, the last rider left,
+    or the server's bound on generation ran out."""
+    UNAVAILABLE = "unavailable"
+    STREAM_BROKEN = "stream_broken"
+    MODEL_NOT_FOUND = "model_not_found"
+    REJECTED = "rejected"
+    FAILED = "failed"
+    """Any other error."""
+
+
+class RequestObserver(Protocol):
+    """Hears what the core does for one request, as it does it.
+
+    The edge makes one for each call (metrics, the request log); the core finds it through
+    `semcache_server.core.observing.observer()`, a no-op when nobody listens. Tasks started for
+    the request (an LLM call, an embedding) report to the request that started them, possibly
+    after it ended. Every method is cheap and never raises.
+    """
+
+    def stage(self, stage: Stage, seconds: float) -> None: ...
+
+    def nearest(self, similarity: float) -> None:
+        """The cosine of the nearest cached prompt the semantic search found, hit or not."""
+        ...
+
+    def tokens_saved(self, tokens: int) -> None:
+        """A hit served an answer that took the LLM this many tokens (0: not recorded)."""
+        ...
+
+    def shed(self, resource: str) -> None:
+        """Admission control refused work of this request: too many wait for resource."""
+        ...
+
+    def llm_call(self, outcome: LLMOutcome, completion_tokens: int) -> None:
+        """An LLM call this request started ended (riders of a single flight are not told)."""
+        ...

@@ -21,6 +21,8 @@ MAX_STOP_CHARS = 200
 MAX_HISTORY_TURNS = 256
 CONTEXT_TIMES_PROMPT = 8
 """The system prompt and the history together may hold this many times --max-prompt-chars."""
+MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
+"""An entry that should outlive ten years should not expire at all: leave ttl unset."""
 MAX_TOKENS = 131_072
 """The largest context windows of today's Ollama models; more is never generated."""
 
@@ -96,6 +98,14 @@ def validate(query: Query, control: CacheControl, limits: Limits) -> None:
         if not stop:
             raise InvalidRequest(f"options.stop[{index}]", "must not be empty")
         _check_length(f"options.stop[{index}]", stop, limits.max_stop_chars)
+    max_age = control.max_age_seconds
+    if max_age is not None and (max_age < 0 or not math.isfinite(max_age)):
+        raise InvalidRequest("cache.max_age", f"must be 0 or more, got {max_age}s")
+    ttl = control.ttl_seconds
+    if ttl is not None and not 0 < ttl <= MAX_TTL_SECONDS:
+        raise InvalidRequest(
+            "cache.ttl", f"must be in (0, {MAX_TTL_SECONDS}] seconds (ten years), got {ttl}s"
+        )
     _check_fraction("cache.similarity_threshold", control.similarity_threshold)
     _check_fraction("options.top_p", query.options.top_p, low_open=True)
     temperature = query.options.temperature

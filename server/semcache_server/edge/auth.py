@@ -21,7 +21,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from semcache_server.core.domain import OPEN_ACCESS, Caller, Unauthenticated
+from semcache_server.core.admin import Scope
+from semcache_server.core.domain import OPEN_ACCESS, Caller, Forbidden, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -175,3 +176,40 @@ class KeysFileAuthenticator:
             log.error("keeping the API keys in use: %s", error)
             return
         log.info("API keys read again from %s: %d tenants", self._path, len(self._keys.tenants))
+
+
+class AdminAccess:
+    """Who may do what through CacheAdminService: an operator's key (--admin-keys-file) reaches
+    every namespace, or the tenant it names; a tenant's key reaches its own entries only. A server
+    without any keys lets every caller act on everything (it listens on loopback only)."""
+
+    def __init__(
+        self,
+        tenants: Authenticator,
+        operators: KeysFileAuthenticator | None,
+        shared_tenants: Iterable[str] = (),
+        *,
+        open_access: bool,
+    ) -> None:
+        """open_access: the server has no tenant keys (tenants may be wrapped, so it is told)."""
+        self._tenants = tenants
+        self._operators = operators
+        self._shared = frozenset(shared_tenants)
+        self._open = open_access
+
+    def scope(self, metadata: Metadata, tenant: str) -> Scope:
+        """tenant: the request's own field, which only an operator may set."""
+        if self._operators is None and self._open:
+            return Scope(None)
+        if self._operators is not None:
+            try:
+                self._operators.caller(metadata)
+            except Unauthenticated:
+                pass
+            else:
+                return Scope(tenant_namespace(tenant, self._shared) if tenant else None)
+        caller = self._tenants.caller(metadata)
+        if tenant and tenant != caller.tenant:
+            raise Forbidden("a tenant's key reaches its own entries only; leave tenant empty")
+        shared = caller.namespace == SHARED_NAMESPACE
+        return Scope(caller.namespace, caller.tenant if shared else None)

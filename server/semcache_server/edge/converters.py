@@ -139,8 +139,14 @@ def request_to_domain(
             cache.similarity_threshold if cache.HasField("similarity_threshold") else None
         ),
         semantic_with_history=cache.semantic_with_history,
+        max_age_seconds=_seconds(cache.max_age) if cache.HasField("max_age") else None,
+        ttl_seconds=_seconds(cache.ttl) if cache.HasField("ttl") else None,
     )
     return query, control
+
+
+def _seconds(duration: Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
 
 
 def _duration(seconds: float) -> Duration:
@@ -194,6 +200,7 @@ def answer_to_response(answer: Answer) -> pb.AskResponse:
         verifier_score=origin.verifier_score,
         judge_duration=_optional_duration(origin.judge_seconds),
         shared_llm_call=origin.shared_llm_call,
+        age=_optional_duration(origin.age_seconds),
     )
 
 
@@ -213,6 +220,7 @@ def origin_to_stream(origin: Origin) -> pb.AskStreamResponse:
             verifier_score=origin.verifier_score,
             judge_duration=_optional_duration(origin.judge_seconds),
             shared_llm_call=origin.shared_llm_call,
+            age=_optional_duration(origin.age_seconds),
         )
     )
 

@@ -8,13 +8,16 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from semcache.v1 import semcache_pb2
+from semcache.v1 import semcache_pb2, semcache_pb2_grpc
 
 from semcache_server.core.chain import CacheChain
+from semcache_server.edge.admin import AdminServicer
 from semcache_server.edge.auth import Authenticator
+from semcache_server.edge.observing import CallObserving
 from semcache_server.edge.servicer import SemcacheServicer, add_semcache_service
 
 SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["SemcacheService"].full_name
+ADMIN_SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["CacheAdminService"].full_name
 HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 STORAGE_HEALTH_NAME = f"{SERVICE_NAME}.storage"
 """A health name of its own for Redis: NOT_SERVING while the cache cannot reach it. "" and the
@@ -66,8 +69,15 @@ class GrpcServer:
         max_calls: int,
         authenticator: Authenticator,
         tls: grpc.ServerCredentials | None = None,
+        admin: AdminServicer | None = None,
+        observing: CallObserving | None = None,
     ) -> None:
+        """observing: the metrics and the request log of each call of the semcache.v1 services
+        (calls refused by max_calls never reach it)."""
+        if observing is not None:
+            authenticator = observing.naming(authenticator)
         self.server = grpc.aio.server(
+            interceptors=[observing] if observing is not None else [],
             maximum_concurrent_rpcs=max_calls,
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -84,9 +94,13 @@ class GrpcServer:
         add_semcache_service(SemcacheServicer(chain, authenticator), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME), self.server
-        )
+        services = [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
+        if admin is not None:
+            semcache_pb2_grpc.add_CacheAdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
+                admin, self.server
+            )
+            services.append(ADMIN_SERVICE_NAME)
+        reflection.enable_server_reflection(services, self.server)
         address = f"{host}:{port}"
         self.port: int = (
             self.server.add_insecure_port(address)

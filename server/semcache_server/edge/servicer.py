@@ -16,6 +16,7 @@ from semcache_server.core.chain import CacheChain
 from semcache_server.core.domain import (
     Caller,
     Completion,
+    Forbidden,
     GenerationTimeout,
     InvalidRequest,
     LLMRejected,
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 _STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (LLMRejected, grpc.StatusCode.INVALID_ARGUMENT),
     (ModelNotFound, grpc.StatusCode.NOT_FOUND),
@@ -63,6 +65,17 @@ async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoRetur
     raise AssertionError("context.abort returned")
 
 
+DEADLINE_MARGIN = 0.02
+"""Seconds before the caller's deadline at which the server gives up itself: its
+DEADLINE_EXCEEDED (saying nothing was stored) then reaches the caller, instead of gRPC core
+ending the call underneath the handler (an ERROR and a traceback in the log)."""
+
+
+def _budget(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, remaining - DEADLINE_MARGIN)
+
+
 class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
     def __init__(self, chain: CacheChain, authenticator: Authenticator) -> None:
         self._chain = chain
@@ -78,7 +91,7 @@ class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
             query, control = converters.request_to_domain(
                 request, self._caller(context), self._chain.limits
             )
-            async with asyncio.timeout(context.time_remaining()):
+            async with asyncio.timeout(_budget(context)):
                 answer = await self._chain.ask(query, control)
         except Exception as error:
             await _abort(context, error)
@@ -92,7 +105,7 @@ class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
                 request, self._caller(context), self._chain.limits
             )
             async with (
-                asyncio.timeout(context.time_remaining()),
+                asyncio.timeout(_budget(context)),
                 contextlib.aclosing(self._chain.ask_stream(query, control)) as events,
             ):
                 async for event in events:

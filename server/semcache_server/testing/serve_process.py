@@ -8,9 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -61,6 +63,8 @@ class ServeProcess:
         self._capture_output = capture_output
         self._environment = dict(environment or {})
         self.process: subprocess.Popen[str] | None = None
+        self._output: list[str] = []
+        self._reader: threading.Thread | None = None
 
     @property
     def pid(self) -> int:
@@ -74,13 +78,20 @@ class ServeProcess:
             stderr=subprocess.STDOUT if self._capture_output else None,
             text=True,
         )
+        self._output = []
+        if self.process.stdout is not None:
+            # Read as it comes: a server that logs a line a call would otherwise fill the pipe
+            # and block on its next log line.
+            self._reader = threading.Thread(
+                target=self._drain, args=(self.process.stdout, self._output), daemon=True
+            )
+            self._reader.start()
         deadline = time.monotonic() + timeout
         with grpc.insecure_channel(self.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    output = self.process.stdout.read() if self.process.stdout else ""
-                    raise RuntimeError(f"semcache serve exited:\n{output}")
+                    raise RuntimeError(f"semcache serve exited:\n{self._collected()}")
                 try:
                     status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
                     if status == health_pb2.HealthCheckResponse.SERVING:
@@ -93,15 +104,33 @@ class ServeProcess:
         """SIGTERM, as an orchestrator stops it; returns the exit code and everything it printed."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
-        output, _ = self.process.communicate(timeout=30)
-        return self.process.returncode, output or ""
+        self.process.wait(timeout=30)
+        return self.process.returncode, self._collected()
 
     def kill(self) -> str:
         """SIGKILL, as a crash or the OOM killer stops it; returns everything it printed."""
         assert self.process is not None
         self.process.kill()
-        output, _ = self.process.communicate(timeout=30)
-        return output or ""
+        self.process.wait(timeout=30)
+        return self._collected()
+
+    @property
+    def output(self) -> str:
+        """What it printed so far (with capture_output)."""
+        return "".join(self._output)
+
+    @staticmethod
+    def _drain(stream: IO[str], into: list[str]) -> None:
+        for line in stream:
+            into.append(line)
+        stream.close()
+
+    def _collected(self) -> str:
+        """Everything it printed, once it has exited."""
+        if self._reader is not None:
+            self._reader.join(timeout=30)
+            self._reader = None
+        return self.output
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None

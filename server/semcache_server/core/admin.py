@@ -1,0 +1,186 @@
+"""What operators and tenants may do to the cache's contents: look, count, purge (issue #13).
+
+Every call has a scope: one namespace (a tenant's call reaches its own entries only) or all of them
+(an operator's). Deletions go through the store's change feed, so every replica's index and hot
+entries drop them. Invalidations scan the entries: O(entries), meant for operators, not requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from semcache_server.core import keys
+from semcache_server.core.domain import CachedEntry, InvalidRequest, Source
+
+MAX_PAGE = 500
+DEFAULT_PAGE = 50
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The entries a call reaches: one namespace, or every one (namespace None: an operator's
+    call); in a shared namespace a tenant reaches only the entries it stored (owner)."""
+
+    namespace: str | None
+    owner: str | None = None
+
+    def reaches(self, entry: CachedEntry) -> bool:
+        return (self.namespace is None or entry.namespace == self.namespace) and (
+            self.owner is None or entry.owned_by(self.owner)
+        )
+
+
+@dataclass(frozen=True)
+class Listed:
+    """An entry as the catalogue reports it; text is empty in scans and pages."""
+
+    entry: CachedEntry
+    expires_at: float | None
+    """Epoch seconds; None when it never expires."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    """What the cache served, from the counters every replica adds to."""
+
+    exact_hits: int = 0
+    semantic_hits: int = 0
+    llm_calls: int = 0
+    tokens_saved: int = 0
+
+
+@dataclass(frozen=True)
+class Stats:
+    entries: int
+    counts: Counts
+    index_entries: int
+    redis_memory_bytes: int
+
+    @property
+    def hits(self) -> int:
+        return self.counts.exact_hits + self.counts.semantic_hits
+
+    @property
+    def hit_ratio(self) -> float:
+        answered = self.hits + self.counts.llm_calls
+        return self.hits / answered if answered else 0.0
+
+
+class Tally(Protocol):
+    """Counts what the cache served, for the stats every replica adds to."""
+
+    def count(self, namespace: str, source: Source, tokens_saved: int = 0) -> None: ...
+
+
+class NoTally:
+    def count(self, namespace: str, source: Source, tokens_saved: int = 0) -> None:
+        return None
+
+
+class EntryCatalog(Protocol):
+    """The store seen whole, for admin calls; every failure raises StoreUnavailable."""
+
+    def scan(self, namespace: str | None) -> AsyncIterator[Listed]:
+        """Every entry (of one namespace, or all), without its text."""
+        ...
+
+    async def page(
+        self, namespace: str | None, cursor: str, count: int
+    ) -> tuple[list[Listed], str]:
+        """About count entries from cursor ("" to start), and the next cursor ("" at the end)."""
+        ...
+
+    async def get(self, entry_id: str) -> Listed | None: ...
+
+    async def delete(self, entry_id: str) -> bool:
+        """False when there was no such entry."""
+        ...
+
+    async def counts(self, namespace: str | None) -> Counts: ...
+
+    async def memory_bytes(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class PromptSelector:
+    prompt: str
+    model: str = ""
+
+    def matches(self, entry: CachedEntry) -> bool:
+        return keys.normalise_prompt(entry.prompt) == keys.normalise_prompt(self.prompt) and (
+            not self.model or entry.model == self.model
+        )
+
+
+@dataclass(frozen=True)
+class ModelSelector:
+    model: str
+
+    def matches(self, entry: CachedEntry) -> bool:
+        return entry.model == self.model
+
+
+@dataclass(frozen=True)
+class EmbeddingModelSelector:
+    embedding_model: str
+
+    def matches(self, entry: CachedEntry) -> bool:
+        return entry.embedding_model == self.embedding_model
+
+
+@dataclass(frozen=True)
+class AllSelector:
+    def matches(self, entry: CachedEntry) -> bool:
+        return True
+
+
+Selector = PromptSelector | ModelSelector | EmbeddingModelSelector | AllSelector
+
+
+class CacheAdmin:
+    def __init__(self, catalog: EntryCatalog, index_size: Callable[[], int]) -> None:
+        """index_size: the entries in this replica's vector index, for the stats."""
+        self._catalog = catalog
+        self._index_size = index_size
+
+    async def get(self, scope: Scope, entry_id: str) -> Listed | None:
+        """None also when the entry is out of scope: a tenant cannot learn another's ids."""
+        listed = await self._catalog.get(entry_id)
+        return listed if listed is not None and scope.reaches(listed.entry) else None
+
+    async def delete(self, scope: Scope, entry_id: str) -> bool:
+        if await self.get(scope, entry_id) is None:
+            return False
+        return await self._catalog.delete(entry_id)
+
+    async def invalidate(self, scope: Scope, selector: Selector) -> int:
+        if isinstance(selector, PromptSelector) and not selector.prompt.strip():
+            raise InvalidRequest("prompt.prompt", "must not be empty")
+        matching = [
+            listed.entry.entry_id
+            async for listed in self._catalog.scan(scope.namespace)
+            if scope.reaches(listed.entry) and selector.matches(listed.entry)
+        ]
+        removed = 0
+        for entry_id in matching:
+            removed += await self._catalog.delete(entry_id)
+        return removed
+
+    async def page(self, scope: Scope, page_size: int, token: str) -> tuple[list[Listed], str]:
+        if page_size < 0 or page_size > MAX_PAGE:
+            raise InvalidRequest("page_size", f"must be in [0, {MAX_PAGE}], got {page_size}")
+        listed, token = await self._catalog.page(scope.namespace, token, page_size or DEFAULT_PAGE)
+        return [item for item in listed if scope.reaches(item.entry)], token
+
+    async def stats(self, scope: Scope) -> Stats:
+        entries = 0
+        async for listed in self._catalog.scan(scope.namespace):
+            entries += scope.reaches(listed.entry)
+        return Stats(
+            entries=entries,
+            counts=await self._catalog.counts(scope.namespace),
+            index_entries=self._index_size(),
+            redis_memory_bytes=await self._catalog.memory_bytes(),
+        )

@@ -1,0 +1,202 @@
+"""CacheAdminService through the contract: operators see and purge everything, a tenant only its
+own entries; invalidations reach the index; stats count what was served."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from click.testing import CliRunner
+from semcache.v1 import semcache_pb2 as pb
+from semcache.v1 import semcache_pb2_grpc as pb_grpc
+from semcache_server import cli
+from semcache_server.adapters.embedders.local import LocalEmbedder
+from semcache_server.core.ports import Verifier
+from semcache_server.testing.ollama_protocol import FakeOllama
+from semcache_server.testing.redis_process import RedisProcess
+
+from tests.conftest import Running, service_settings, start_service
+from tests.test_ask import ask
+from tests.test_tenants import ALICE_KEY, BOB_KEY, key, keys_file
+
+OPERATOR_KEY = "operator-key-0123456789abcdef"
+PROMPTS = [
+    "What is the capital of France?",
+    "How many legs does a spider have?",
+    "Who wrote the novel Dracula?",
+]
+
+
+@pytest_asyncio.fixture
+async def admin_setup(
+    tmp_path: Path,
+    redis_process: RedisProcess,
+    ollama: FakeOllama,
+    embedder: LocalEmbedder,
+    verifier: Verifier | None,
+) -> AsyncIterator[tuple[Running, pb_grpc.CacheAdminServiceStub]]:
+    operators = tmp_path / "admin-keys"
+    operators.write_text(f"ops:{OPERATOR_KEY}\n")
+    settings = service_settings(
+        redis_process,
+        ollama,
+        api_keys_file=keys_file(tmp_path),
+        admin_keys_file=operators,
+        state_dir=tmp_path / "state",
+    )
+    running = await start_service(settings, embedder, verifier)
+    admin = pb_grpc.CacheAdminServiceStub(running.channel)  # type: ignore[no-untyped-call]
+    yield running, admin
+    await running.stop()
+
+
+async def fill(running: Running) -> dict[str, list[str]]:
+    """Each tenant stores every prompt; the entry ids by tenant."""
+    ids: dict[str, list[str]] = {"alice": [], "bob": []}
+    for tenant, tenant_key in (("alice", ALICE_KEY), ("bob", BOB_KEY)):
+        for prompt in PROMPTS:
+            answer = await running.stub.Ask(ask(prompt), metadata=key(tenant_key), timeout=10)
+            assert answer.stored
+            ids[tenant].append(answer.entry_id)
+    return ids
+
+
+async def listed_ids(
+    admin: pb_grpc.CacheAdminServiceStub, metadata: tuple[tuple[str, str], ...], tenant: str = ""
+) -> set[str]:
+    found: set[str] = set()
+    token = ""
+    while True:
+        page = await admin.ListEntries(
+            pb.ListEntriesRequest(page_size=2, page_token=token, tenant=tenant),
+            metadata=metadata,
+            timeout=10,
+        )
+        found.update(entry.entry_id for entry in page.entries)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+@pytest.mark.asyncio
+async def test_a_tenant_sees_and_purges_only_its_own_entries(
+    admin_setup: tuple[Running, pb_grpc.CacheAdminServiceStub],
+) -> None:
+    running, admin = admin_setup
+    ids = await fill(running)
+    alice, operator = key(ALICE_KEY), key(OPERATOR_KEY)
+
+    assert await listed_ids(admin, alice) == set(ids["alice"])
+    assert await listed_ids(admin, operator) == set(ids["alice"] + ids["bob"])
+    assert await listed_ids(admin, operator, tenant="bob") == set(ids["bob"])
+
+    bobs = ids["bob"][0]
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await admin.GetEntry(pb.GetEntryRequest(entry_id=bobs), metadata=alice, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    gone = await admin.DeleteEntry(pb.DeleteEntryRequest(entry_id=bobs), metadata=alice, timeout=10)
+    assert not gone.deleted
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await admin.ListEntries(pb.ListEntriesRequest(tenant="bob"), metadata=alice, timeout=10)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    purged = await admin.Invalidate(pb.InvalidateRequest(all=True), metadata=alice, timeout=10)
+    assert purged.removed == 3
+    assert await listed_ids(admin, operator) == set(ids["bob"])
+    entry = await admin.GetEntry(pb.GetEntryRequest(entry_id=bobs), metadata=operator, timeout=10)
+    assert entry.entry.prompt == PROMPTS[0] and entry.entry.owner == "bob"
+    assert entry.entry.text == f"Echo: {PROMPTS[0]}"
+
+
+@pytest.mark.asyncio
+async def test_an_invalidated_prompt_is_answered_by_the_llm_again_even_as_a_paraphrase(
+    admin_setup: tuple[Running, pb_grpc.CacheAdminServiceStub],
+) -> None:
+    running, admin = admin_setup
+    await fill(running)
+    alice = key(ALICE_KEY)
+    selector = pb.PromptSelector(prompt="  What is the  capital of France? ")
+    removed = await admin.Invalidate(pb.InvalidateRequest(prompt=selector), metadata=alice)
+    assert removed.removed == 1
+
+    exact = await running.stub.Ask(ask(PROMPTS[0]), metadata=alice, timeout=10)
+    assert exact.source == pb.SOURCE_LLM
+    by_model = await admin.Invalidate(
+        pb.InvalidateRequest(model="llama3.2"), metadata=key(OPERATOR_KEY), timeout=10
+    )
+    assert by_model.removed == 6  # alice's refreshed one and her other two, bob's three
+    similar = await running.stub.Ask(
+        ask("Which city is the capital of France?"), metadata=alice, timeout=10
+    )
+    assert similar.source == pb.SOURCE_LLM  # the index dropped it too
+
+
+@pytest.mark.asyncio
+async def test_stats_count_hits_by_layer_calls_and_tokens_saved(
+    admin_setup: tuple[Running, pb_grpc.CacheAdminServiceStub],
+) -> None:
+    running, admin = admin_setup
+    alice = key(ALICE_KEY)
+    await fill(running)  # 6 LLM calls
+    for _ in range(3):
+        await running.stub.Ask(ask(PROMPTS[1]), metadata=alice, timeout=10)
+    similar = await running.stub.Ask(
+        ask("How many legs do spiders have?"), metadata=alice, timeout=10
+    )
+    assert similar.source == pb.SOURCE_SEMANTIC
+
+    stats = pb.GetStatsResponse()
+    for _ in range(40):  # counts reach Redis in batches
+        stats = await admin.GetStats(pb.GetStatsRequest(), metadata=alice, timeout=10)
+        if stats.exact_hits + stats.semantic_hits == 4:
+            break
+        await asyncio.sleep(0.1)
+    assert (stats.entries, stats.exact_hits, stats.semantic_hits, stats.llm_calls) == (3, 3, 1, 3)
+    assert stats.hit_ratio == pytest.approx(4 / 7)
+    assert stats.llm_calls_saved == 4 and stats.tokens_saved > 0
+    everything = await admin.GetStats(pb.GetStatsRequest(), metadata=key(OPERATOR_KEY))
+    assert everything.entries == 6 and everything.llm_calls == 6
+    assert everything.index_entries == 6 and everything.redis_memory_bytes > 0
+
+
+@pytest.mark.asyncio
+async def test_admin_calls_need_a_key_and_a_selector(
+    admin_setup: tuple[Running, pb_grpc.CacheAdminServiceStub],
+) -> None:
+    _, admin = admin_setup
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await admin.GetStats(pb.GetStatsRequest(), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await admin.Invalidate(pb.InvalidateRequest(), metadata=key(OPERATOR_KEY), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.asyncio
+async def test_semcache_stats_and_invalidate_commands(semcache: Running) -> None:
+    for prompt in PROMPTS:
+        await semcache.stub.Ask(ask(prompt), timeout=10)
+    await semcache.stub.Ask(ask(PROMPTS[0]), timeout=10)
+    await asyncio.sleep(0.7)  # counts reach Redis in batches
+    runner = CliRunner()
+
+    stats = await asyncio.to_thread(runner.invoke, cli.main, ["stats", "--target", semcache.target])
+    assert stats.exit_code == 0, stats.output
+    table = {
+        name.strip(): value.strip()
+        for name, value in (line.split("  ", 1) for line in stats.output.splitlines())
+    }
+    assert table["entries"] == "3" and table["exact hits"] == "1"
+    assert table["hit ratio"] == "25.0%"
+
+    gone = await asyncio.to_thread(
+        runner.invoke,
+        cli.main,
+        ["invalidate", "--target", semcache.target, "--prompt", PROMPTS[1]],
+    )
+    assert gone.exit_code == 0 and "removed 1 entries" in gone.output
+    assert (await semcache.stub.Ask(ask(PROMPTS[1]), timeout=10)).source == pb.SOURCE_LLM
