@@ -79,7 +79,7 @@ from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 from semcache_server.testing.serve_process import ServeProcess
 
-from bench.harness import TOPICS, percentiles, rss_mb, terminate
+from bench.harness import TOPICS, add_json_option, percentiles, rss_mb, terminate
 from bench.latency import MODEL, CpuMeter, open_channels, prompts
 
 TENANTS = ("alpha", "bravo")
@@ -1290,13 +1290,7 @@ def main() -> None:
         type=Path,
         help="keep the server and Redis logs and every call (calls.jsonl) in this directory",
     )
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="print JSON instead of the report; with PATH, write it there and print the report",
-    )
+    add_json_option(parser)
     args = parser.parse_args()
     if args.quick:
         args.seconds = QUICK_SECONDS

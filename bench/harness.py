@@ -3,6 +3,7 @@ its own process, so the load generator never shares a GIL with the server it mea
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import signal
 import subprocess
@@ -187,3 +188,15 @@ def semcache_server(ollama_url: str, *extra_args: str) -> Iterator[SemcacheProce
                 assert server.process is not None
                 terminate(server.process, within=15)
             redis.stop()
+
+
+def add_json_option(parser: argparse.ArgumentParser) -> None:
+    """`--json` prints JSON instead of the report; `--json PATH` writes it there and prints the
+    report as well (args.json is "-", a path, or None)."""
+    parser.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        metavar="PATH",
+        help="print JSON instead of the report; with PATH, write it there and print the report",
+    )

@@ -60,6 +60,7 @@ from semcache_client import build_request
 from bench.harness import (
     ROOT,
     TOPICS,
+    add_json_option,
     fake_ollama,
     format_percentiles,
     percentiles,
@@ -1007,13 +1008,7 @@ def main() -> None:
         choices=[GPTCACHE],
         help="gptcache: only the one-call rounds and the GPTCache comparison",
     )
-    parser.add_argument(
-        "--json",
-        nargs="?",
-        const="-",
-        metavar="PATH",
-        help="print JSON instead of the report; with PATH, write it there and print the report",
-    )
+    add_json_option(parser)
     args = parser.parse_args()
     if args.only == GPTCACHE and not args.gptcache:
         parser.error("--only gptcache and --no-gptcache contradict each other")

@@ -74,30 +74,24 @@ def _settings_options(command: Callable[..., None]) -> Callable[..., None]:
         if isinstance(default, enum.Enum):
             default = default.value
         click_type: Any = None
-        if kind is bool:
-            command = click.option(
-                option.flag,
-                setting.name,
-                envvar=option.env,
-                is_flag=True,
-                default=default,
-                help=f"{option.help} [env {option.env}]",
-            )(command)
-            continue
         if option.choices is not None:
             click_type = click.Choice(list(option.choices))
         elif kind in (int, float):
             click_type = kind
         elif kind is Path:
             click_type = click.Path(path_type=Path)
+        shape: dict[str, Any] = (
+            {"is_flag": True}
+            if kind is bool
+            else {"type": click_type, "show_default": option.shown_default or default is not None}
+        )
         command = click.option(
             option.flag,
             setting.name,
             envvar=option.env,
-            type=click_type,
             default=default,
-            show_default=option.shown_default or default is not None,
             help=f"{option.help} [env {option.env}]",
+            **shape,
         )(command)
     return command
 

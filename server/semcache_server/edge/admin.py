@@ -1,4 +1,5 @@
-"""The gRPC edge of CacheAdminService: messages to `core.admin` calls and back."""
+"""The gRPC edge of CacheAdminService: requests to `core.admin` calls and back (the messages
+are converted in `edge/converters.py`)."""
 
 from __future__ import annotations
 
@@ -6,66 +7,15 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 
-from semcache_server.core.admin import (
-    AllSelector,
-    CacheAdmin,
-    EmbeddingModelSelector,
-    Listed,
-    ModelSelector,
-    PromptSelector,
-    Scope,
-    Selector,
-)
-from semcache_server.core.domain import InvalidRequest
+from semcache_server.core.admin import CacheAdmin, Scope
 from semcache_server.edge.auth import AdminAccess
+from semcache_server.edge.converters import entry_message, selector_of
 from semcache_server.edge.servicer import _abort
 
 T = TypeVar("T")
-
-
-def _timestamp(seconds: float | None) -> Timestamp | None:
-    if seconds is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromNanoseconds(round(seconds * 1e9))
-    return stamp
-
-
-def entry_message(listed: Listed) -> pb.Entry:
-    entry = listed.entry
-    return pb.Entry(
-        entry_id=entry.entry_id,
-        prompt=entry.prompt,
-        text=entry.text,
-        model=entry.model,
-        system=entry.system,
-        namespace=entry.namespace,
-        owner=entry.owner,
-        embedding_model=entry.embedding_model,
-        created_at=_timestamp(entry.created_at),
-        expires_at=_timestamp(listed.expires_at),
-        hits=entry.hits,
-        completion_tokens=entry.completion_tokens,
-    )
-
-
-def selector_of(request: pb.InvalidateRequest) -> Selector:
-    which = request.WhichOneof("selector")
-    if which == "prompt":
-        return PromptSelector(request.prompt.prompt, request.prompt.model)
-    if which == "model" and request.model:
-        return ModelSelector(request.model)
-    if which == "embedding_model" and request.embedding_model:
-        return EmbeddingModelSelector(request.embedding_model)
-    if which == "all" and request.all:
-        return AllSelector()
-    raise InvalidRequest(
-        "selector", "set one of prompt, model, embedding_model, or all: true (and not empty)"
-    )
 
 
 class AdminServicer(pb_grpc.CacheAdminServiceServicer):

@@ -11,6 +11,14 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from semcache.v1 import semcache_pb2 as pb
 
+from semcache_server.core.admin import (
+    AllSelector,
+    EmbeddingModelSelector,
+    Listed,
+    ModelSelector,
+    PromptSelector,
+    Selector,
+)
 from semcache_server.core.domain import (
     Answer,
     CacheControl,
@@ -239,4 +247,40 @@ def completion_to_stream(completion: Completion) -> pb.AskStreamResponse:
             completion_tokens=completion.completion_tokens,
             total_duration=_duration(completion.total_seconds),
         )
+    )
+
+
+# --- CacheAdminService ---------------------------------------------------------------
+
+
+def entry_message(listed: Listed) -> pb.Entry:
+    entry = listed.entry
+    return pb.Entry(
+        entry_id=entry.entry_id,
+        prompt=entry.prompt,
+        text=entry.text,
+        model=entry.model,
+        system=entry.system,
+        namespace=entry.namespace,
+        owner=entry.owner,
+        embedding_model=entry.embedding_model,
+        created_at=_timestamp(entry.created_at),
+        expires_at=_timestamp(listed.expires_at),
+        hits=entry.hits,
+        completion_tokens=entry.completion_tokens,
+    )
+
+
+def selector_of(request: pb.InvalidateRequest) -> Selector:
+    which = request.WhichOneof("selector")
+    if which == "prompt":
+        return PromptSelector(request.prompt.prompt, request.prompt.model)
+    if which == "model" and request.model:
+        return ModelSelector(request.model)
+    if which == "embedding_model" and request.embedding_model:
+        return EmbeddingModelSelector(request.embedding_model)
+    if which == "all" and request.all:
+        return AllSelector()
+    raise InvalidRequest(
+        "selector", "set one of prompt, model, embedding_model, or all: true (and not empty)"
     )
