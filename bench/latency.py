@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -52,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
@@ -105,6 +107,8 @@ MIX = (EXACT, EXACT, SEMANTIC, MISS)
 MIXED_CALLERS = 256
 WORKERS_PER_CHANNEL = 32
 """One HTTP/2 connection per 32 callers, so a single connection is not the only bottleneck."""
+CONNECTIONS_PER_SERVER_WORKER = 4
+"""With `--server-workers N`, at least 4N connections, so the kernel has some to spread."""
 CALL_TIMEOUT = 30.0
 ROUND = 50
 """Calls of one kind in a row in the interleaved rounds."""
@@ -200,8 +204,8 @@ def open_channels(target: str, count: int) -> list[grpc.aio.Channel]:
     return [grpc.aio.insecure_channel(target, options=SEPARATE_CONNECTIONS) for _ in range(count)]
 
 
-def channels_for(workers: int) -> int:
-    return math.ceil(workers / WORKERS_PER_CHANNEL)
+def channels_for(workers: int, minimum: int = 1) -> int:
+    return max(math.ceil(workers / WORKERS_PER_CHANNEL), minimum)
 
 
 def health_call(channels: Sequence[grpc.aio.Channel]) -> Call:
@@ -261,9 +265,24 @@ class Lookups:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User plus system CPU time of a process and its live children (`--workers`), from /proc."""
+    total = 0.0
+    for process in server_processes(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def server_processes(pid: int) -> list[int]:
+    """The server and, with `--workers`, its worker processes."""
+    with contextlib.suppress(psutil.Error):
+        return [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
+    return [pid]
+
+
+def server_rss_mb(pid: int) -> float:
+    return sum(rss_mb(process) for process in server_processes(pid))
 
 
 def children_cpu_seconds() -> float:
@@ -396,15 +415,23 @@ async def measure_cache(args: argparse.Namespace) -> tuple[dict[str, Any], Looku
     gptcache`, the interleaved rounds alone."""
     pairs = prompts(args.entries)
     levels = sorted(set(args.concurrency) | {1})
-    most_channels = max(channels_for(max(levels)), channels_for(MIXED_CALLERS))
-    results: dict[str, Any] = {"entries": args.entries, "cpu_cores": os.cpu_count()}
-    with fake_ollama() as ollama, semcache_server(ollama.url) as server:
+    workers = args.server_workers
+    # The kernel spreads connections, not calls, over workers on one port (SO_REUSEPORT).
+    least = CONNECTIONS_PER_SERVER_WORKER * workers if workers > 1 else 1
+    most_channels = max(channels_for(max(levels), least), channels_for(MIXED_CALLERS, least))
+    results: dict[str, Any] = {
+        "entries": args.entries,
+        "cpu_cores": os.cpu_count(),
+        "server_workers": workers,
+    }
+    extra = ("--workers", str(workers)) if workers > 1 else ()
+    with fake_ollama() as ollama, semcache_server(ollama.url, *extra) as server:
         channels = open_channels(server.target, most_channels)
         try:
             for channel in channels:
                 await asyncio.wait_for(channel.channel_ready(), timeout=30)
             stub = pb_grpc.SemcacheServiceStub(channels[0])  # type: ignore[no-untyped-call]
-            idle_rss = rss_mb(server.pid)
+            idle_rss = server_rss_mb(server.pid)
             fill_started = time.perf_counter()
             answers = await fill(stub, [cached for cached, _ in pairs])
             results["fill_seconds"] = time.perf_counter() - fill_started
@@ -438,14 +465,17 @@ async def measure_cache(args: argparse.Namespace) -> tuple[dict[str, Any], Looku
             for level in levels:
                 if level == 1 or args.only == GPTCACHE:
                     continue
-                calls = workload.calls(channels[: channels_for(level)])
+                calls = workload.calls(channels[: channels_for(level, least)])
                 by_level[str(level)] = {}
                 for kind in KINDS:
                     run = await closed_loop(calls, (kind,), level, args.seconds, server.pid)
-                    by_level[str(level)][kind] = {**run[kind], "channels": channels_for(level)}
+                    by_level[str(level)][kind] = {
+                        **run[kind],
+                        "channels": channels_for(level, least),
+                    }
             results["levels"] = by_level
             if args.only != GPTCACHE:
-                mixed_channels = channels_for(MIXED_CALLERS)
+                mixed_channels = channels_for(MIXED_CALLERS, least)
                 results["mixed"] = await closed_loop(
                     workload.calls(channels[:mixed_channels]),
                     MIX,
@@ -455,7 +485,7 @@ async def measure_cache(args: argparse.Namespace) -> tuple[dict[str, Any], Looku
                 )
                 results["mixed_channels"] = mixed_channels
             results["server RSS MB idle"] = idle_rss
-            results["server RSS MB filled"] = rss_mb(server.pid)
+            results["server RSS MB filled"] = server_rss_mb(server.pid)
         finally:
             for channel in channels:
                 await channel.close()
@@ -826,7 +856,14 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
 def print_concurrency(results: dict[str, Any], args: argparse.Namespace) -> None:
     print(
         f"\n### Concurrency: closed loop, {args.seconds:g} s per row; one channel (its own "
-        f"HTTP/2 connection) per {WORKERS_PER_CHANNEL} callers\n"
+        f"HTTP/2 connection) per {WORKERS_PER_CHANNEL} callers"
+        + (
+            f"; `semcache serve --workers {workers}`, at least "
+            f"{CONNECTIONS_PER_SERVER_WORKER * workers} connections"
+            if (workers := results.get("server_workers", 1)) > 1
+            else ""
+        )
+        + "\n"
     )
     print(
         "CPU is % of one core over the row (client: this process; machine: all "
@@ -1007,6 +1044,13 @@ def main() -> None:
         "--only",
         choices=[GPTCACHE],
         help="gptcache: only the one-call rounds and the GPTCache comparison",
+    )
+    parser.add_argument(
+        "--server-workers",
+        type=int,
+        default=1,
+        help="`semcache serve --workers N` for the measured server (not the overload run); "
+        "rows above one caller then use at least 4N connections",
     )
     add_json_option(parser)
     args = parser.parse_args()

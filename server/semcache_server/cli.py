@@ -118,6 +118,10 @@ def serve(**options: Any) -> None:
         )
     from semcache_server.app import StartupRefused
 
+    if settings.workers > 1:
+        from semcache_server.workers import run_workers
+
+        sys.exit(asyncio.run(run_workers(settings)))
     try:
         asyncio.run(_serve(settings))
     except StartupRefused as error:
@@ -378,3 +382,7 @@ def _describe(source: int, similarity: float, matched_prompt: str) -> str:
     if matched_prompt:
         return f"[{name} similarity={similarity:.3f} matched={matched_prompt!r}]"
     return f"[{name}]"
+
+
+if __name__ == "__main__":  # python -m semcache_server.cli, as the workers are started
+    main()

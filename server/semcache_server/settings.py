@@ -198,6 +198,13 @@ class Settings:
         help="Changes the Redis change feed keeps; a replica that falls further behind rebuilds "
         "its index.",
     )
+    workers: int = setting(
+        1,
+        flag="--workers",
+        env="SEMCACHE_WORKERS",
+        help="Server processes on the one port, each a replica with its own index and model "
+        "(memory times N; state in <state-dir>/worker-<i>): one process serves from one core.",
+    )
     max_calls: int = setting(
         4096,
         flag="--max-calls",
@@ -323,6 +330,8 @@ class Settings:
                 "port read every cached answer: give --api-keys-file, or --insecure-listen to "
                 "accept that"
             )
+        if self.workers < 1:
+            raise ValueError(f"--workers must be 1 or more, got {self.workers}")
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("TLS needs both --tls-cert-file and --tls-key-file")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
