@@ -3,10 +3,8 @@ SIGTERM, and a worker that dies takes the others down (so an orchestrator restar
 
 from __future__ import annotations
 
-import re
 import signal
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_server.testing.ollama_protocol import FakeOllama
-from semcache_server.testing.redis_process import RedisProcess, free_port
+from semcache_server.testing.redis_process import RedisProcess
 from semcache_server.testing.serve_process import ServeProcess
 
 from tests.test_ask import ask
@@ -32,46 +30,50 @@ def workers_of(server: ServeProcess) -> list[psutil.Process]:
     return psutil.Process(server.pid).children()
 
 
-def answered_calls(metrics_port: int, deadline: float) -> float:
-    """The calls one worker answered, from its metrics; waits for its endpoint to come up."""
-    while True:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as r:
-                text = r.read().decode()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, f"no metrics on {metrics_port}"
-            time.sleep(0.2)
-    counts = re.findall(r'^semcache_requests_total\{[^}]*status="OK"[^}]*\} (\S+)$', text, re.M)
-    return sum(float(count) for count in counts)
+def connections_to(worker: psutil.Process, port: int) -> int:
+    """Established connections the worker accepted on the shared port."""
+    return sum(
+        1
+        for connection in worker.net_connections(kind="tcp")
+        if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == port
+    )
 
 
 @pytest.fixture
 def two_workers(
     tmp_path: Path, redis_process: RedisProcess, ollama_server: FakeOllama
-) -> Iterator[tuple[ServeProcess, int]]:
-    metrics_port = free_port()
-    while free_port() == metrics_port + 1:  # the second worker's port must be free too
-        metrics_port = free_port()
+) -> Iterator[ServeProcess]:
     server = ServeProcess(
-        tmp_path / "state",
-        ollama_server.url,
-        ["--workers", "2", "--redis-url", redis_process.url, "--metrics-port", str(metrics_port)],
+        tmp_path / "state", ollama_server.url, ["--workers", "2", "--redis-url", redis_process.url]
     )
     server.start()
-    yield server, metrics_port
+    yield server
     if server.running():
         server.terminate()
 
 
+def wait_until_serving(server: ServeProcess, workers: int, timeout: float = 60) -> None:
+    """Until every worker listens on the port (start() returns once the first answers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listening = sum(
+            any(
+                c.status == psutil.CONN_LISTEN and c.laddr.port == server.port
+                for c in worker.net_connections(kind="tcp")
+            )
+            for worker in workers_of(server)
+        )
+        if listening == workers:
+            return
+        assert time.monotonic() < deadline, f"{listening} of {workers} workers listen"
+        time.sleep(0.2)
+
+
 def test_two_workers_share_the_port_and_the_cache_and_stop_together(
-    two_workers: tuple[ServeProcess, int],
+    two_workers: ServeProcess,
 ) -> None:
-    server, metrics_port = two_workers
-    deadline = time.monotonic() + 60
-    for port in (metrics_port, metrics_port + 1):
-        answered_calls(port, deadline)  # both workers are up
-    assert len(workers_of(server)) == 2
+    server = two_workers
+    wait_until_serving(server, 2)
 
     # A subchannel pool of its own each: 16 connections, not one shared by 16 channels.
     local = [("grpc.use_local_subchannel_pool", 1)]
@@ -82,11 +84,11 @@ def test_two_workers_share_the_port_and_the_cache_and_stop_together(
         for channel in channels:
             answer = stub_of(channel).Ask(ask(PROMPT), timeout=20)
             assert answer.source == pb.SOURCE_EXACT and answer.entry_id == stored.entry_id
+        spread = [connections_to(worker, server.port) for worker in workers_of(server)]
     finally:
         for channel in channels:
             channel.close()
-    served = [answered_calls(port, deadline) for port in (metrics_port, metrics_port + 1)]
-    assert sum(served) == 17 and min(served) >= 1  # the kernel spread the connections
+    assert sum(spread) == 16 and min(spread) >= 1  # the kernel spread the connections
 
     children = workers_of(server)
     started = time.monotonic()
@@ -96,9 +98,10 @@ def test_two_workers_share_the_port_and_the_cache_and_stop_together(
 
 
 def test_a_worker_that_dies_stops_the_others_and_the_launcher_fails(
-    two_workers: tuple[ServeProcess, int],
+    two_workers: ServeProcess,
 ) -> None:
-    server, _ = two_workers
+    server = two_workers
+    wait_until_serving(server, 2)
     first, second = workers_of(server)
     first.send_signal(signal.SIGKILL)
     assert server.process is not None
