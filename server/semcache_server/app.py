@@ -374,12 +374,9 @@ def build_authenticator(settings: Settings) -> Authenticator:
             "no --api-keys-file: calls are not authenticated and every caller shares one tenant"
         )
         return OpenAccess()
-    try:
-        authenticator = KeysFileAuthenticator(settings.api_keys_file, settings.shared_tenant_names)
-    except OSError as error:
-        raise StartupRefused(f"--api-keys-file {error.filename}: {error.strerror}") from None
-    except KeysFileError as error:
-        raise StartupRefused(str(error)) from None
+    authenticator = _read_keys(
+        "--api-keys-file", settings.api_keys_file, settings.shared_tenant_names
+    )
     log.info(
         "API keys of %d tenants read from %s",
         len(authenticator.tenants),
@@ -392,10 +389,17 @@ def build_operators(settings: Settings) -> KeysFileAuthenticator | None:
     """The operators' keys of CacheAdminService (every tenant's entries); None without a file."""
     if settings.admin_keys_file is None:
         return None
+    return _read_keys("--admin-keys-file", settings.admin_keys_file)
+
+
+def _read_keys(
+    flag: str, path: Path, shared_tenants: frozenset[str] = frozenset()
+) -> KeysFileAuthenticator:
+    """A keys file, or StartupRefused saying which file and why it cannot be used."""
     try:
-        return KeysFileAuthenticator(settings.admin_keys_file)
+        return KeysFileAuthenticator(path, shared_tenants)
     except OSError as error:
-        raise StartupRefused(f"--admin-keys-file {error.filename}: {error.strerror}") from None
+        raise StartupRefused(f"{flag} {error.filename}: {error.strerror}") from None
     except KeysFileError as error:
         raise StartupRefused(str(error)) from None
 
@@ -471,7 +475,7 @@ async def start(
         metrics = Metrics(cache_figures(cache)) if settings.metrics_port else None
         observing = CallObserving(metrics, RequestLog(settings.log_prompts))
         admin = AdminServicer(
-            CacheAdmin(cache.store, lambda: len(cache.index)),
+            CacheAdmin(cache.store, lambda: cache.semantic.indexed),
             # Named for the request log, like the semcache service's calls (GrpcServer).
             AdminAccess(
                 observing.naming(authenticator),

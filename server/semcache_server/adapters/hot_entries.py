@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from semcache_server.adapters.redis_store import RedisEntryStore
@@ -82,22 +83,26 @@ class HotEntries:
     # --- EntryStore -----------------------------------------------------------------------
 
     async def fetch_hit(self, entry_id: str) -> CachedEntry | None:
-        hot = self._fresh(entry_id)
-        if hot is not None:
-            self._count_hit(entry_id)
-            return replace(hot, hits=hot.hits + self._pending_hits[entry_id])
-        changes = self._changes
-        entry, ttl_ms = await self._store.fetch_hit_with_ttl(entry_id)
-        if entry is not None:
-            self._keep(entry, ttl_ms, changes)
-        return entry
+        return await self._read(entry_id, self._store.fetch_hit_with_ttl, count_hit=True)
 
     async def fetch(self, entry_id: str) -> CachedEntry | None:
+        return await self._read(entry_id, self._store.fetch_with_ttl, count_hit=False)
+
+    async def _read(
+        self,
+        entry_id: str,
+        from_redis: Callable[[str], Awaitable[tuple[CachedEntry | None, int | None]]],
+        *,
+        count_hit: bool,
+    ) -> CachedEntry | None:
+        """The copy when there is a fresh one, else the entry from Redis, kept for next time."""
         hot = self._fresh(entry_id)
         if hot is not None:
+            if count_hit:
+                self._count_hit(entry_id)
             return replace(hot, hits=hot.hits + self._pending_hits[entry_id])
         changes = self._changes
-        entry, ttl_ms = await self._store.fetch_with_ttl(entry_id)
+        entry, ttl_ms = await from_redis(entry_id)
         if entry is not None:
             self._keep(entry, ttl_ms, changes)
         return entry

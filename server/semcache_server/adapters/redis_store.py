@@ -506,7 +506,6 @@ class RedisEntryStore:
             listed.append(Listed(entry, now + ttl_ms / 1000 if ttl_ms >= 0 else None))
         return listed
 
-    @_unavailable_on_redis_error
     async def get(self, entry_id: str) -> Listed | None:
         entry, ttl_ms = await self.fetch_with_ttl(entry_id)
         if entry is None:

@@ -13,7 +13,7 @@ from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_server.core.admin import CacheAdmin, Scope
 from semcache_server.edge.auth import AdminAccess
 from semcache_server.edge.converters import entry_message, selector_of
-from semcache_server.edge.servicer import _abort
+from semcache_server.edge.servicer import abort_with_status
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ class AdminServicer(pb_grpc.CacheAdminServiceServicer):
             scope = self._access.scope(context.invocation_metadata() or (), tenant)
             return await work(scope)
         except Exception as error:
-            await _abort(context, error)
+            await abort_with_status(context, error)
 
     async def DeleteEntry(
         self, request: pb.DeleteEntryRequest, context: grpc.aio.ServicerContext

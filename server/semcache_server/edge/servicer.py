@@ -50,7 +50,7 @@ fails as RESOURCE_EXHAUSTED instead. Messages echo callers' values only clipped 
 this is the last guard."""
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
+async def abort_with_status(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
     """The one place where domain errors become statuses."""
     for error_type, code in _STATUS_OF:
         if isinstance(error, error_type):
@@ -94,7 +94,7 @@ class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
             async with asyncio.timeout(_budget(context)):
                 answer = await self._chain.ask(query, control)
         except Exception as error:
-            await _abort(context, error)
+            await abort_with_status(context, error)
         return converters.answer_to_response(answer)
 
     async def AskStream(
@@ -116,7 +116,7 @@ class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
                     else:
                         yield converters.delta_to_stream(event.text)
         except Exception as error:
-            await _abort(context, error)
+            await abort_with_status(context, error)
 
 
 def add_semcache_service(servicer: SemcacheServicer, server: grpc.aio.Server) -> None:
