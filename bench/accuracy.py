@@ -66,11 +66,11 @@ from semcache_server.core.policy import (
 )
 from semcache_server.core.ports import (
     Embedder,
+    Embeddings,
     HitPolicy,
     LLMEvent,
     LLMFinish,
     RequestSent,
-    Vectors,
 )
 from semcache_server.settings import Settings
 from semcache_server.testing.redis_process import RedisProcess
@@ -94,9 +94,9 @@ class PrecomputedEmbedder:
     def model_id(self) -> str:
         return self._model_id
 
-    async def embed(self, texts: Sequence[str]) -> Vectors:
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
         try:
-            return self._embedded.of(texts)
+            return Embeddings(self._embedded.of(texts), [""] * len(texts))
         except KeyError as error:
             raise EmbedderUnavailable(f"no precomputed vector for {error}") from None
 

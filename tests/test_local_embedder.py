@@ -123,7 +123,7 @@ async def test_local_embedder_embeds_off_loop(
     embedder = LocalEmbedder(model)
     sentences: list[str] = reference["sentences"][:3]
     try:
-        got = await embedder.embed(sentences)
+        got = (await embedder.embed(sentences)).vectors
     finally:
         await embedder.aclose()
     assert embedder.model_id == "local/all-MiniLM-L6-v2"
@@ -146,10 +146,13 @@ async def test_concurrent_embeddings_share_forward_passes_and_match_lone_ones(
     embedder: LocalEmbedder,
 ) -> None:
     prompts = [f"Which river flows through city number {n}?" for n in range(40)]
-    alone = np.stack([(await embedder.embed([prompt]))[0] for prompt in prompts[:4]])
+    alone = np.stack([(await embedder.embed([prompt])).vectors[0] for prompt in prompts[:4]])
     passes_before = embedder.passes
 
-    together = await asyncio.gather(*(embedder.embed([prompt]) for prompt in prompts))
+    together = [
+        embedded.vectors
+        for embedded in await asyncio.gather(*(embedder.embed([prompt]) for prompt in prompts))
+    ]
 
     assert embedder.passes - passes_before <= 3  # 40 requests: one alone, then batches of 32
     assert [rows.shape for rows in together] == [(1, embedder.dimensions)] * 40

@@ -79,7 +79,7 @@ def similarities(embedder: LocalEmbedder) -> dict[tuple[str, str], float]:
     """Cosine of every trap pair by the real local embedder (embedded once for the module)."""
     traps = load_traps()
     texts = sorted({text for trap in traps for text in (trap.query, trap.cached)})
-    vectors = asyncio.run(embedder.embed(texts))
+    vectors = asyncio.run(embedder.embed(texts)).vectors
     row = {text: index for index, text in enumerate(texts)}
     return {
         (t.query, t.cached): float(vectors[row[t.query]] @ vectors[row[t.cached]]) for t in traps

@@ -17,7 +17,7 @@ from semcache_server.core.domain import (
     SemanticStatus,
     Source,
 )
-from semcache_server.core.ports import Vectors
+from semcache_server.core.ports import Embeddings
 from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 
@@ -38,7 +38,7 @@ class CountingEmbedder:
     def model_id(self) -> str:
         return self.inner.model_id
 
-    async def embed(self, texts: Sequence[str]) -> Vectors:
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
         self.calls += 1
         if self.calls <= self.failures:
             raise EmbedderUnavailable("a blip")

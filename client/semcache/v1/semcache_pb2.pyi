@@ -40,6 +40,7 @@ class SemanticStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SEMANTIC_STATUS_SKIPPED_TEMPERATURE: _ClassVar[SemanticStatus]
     SEMANTIC_STATUS_SKIPPED_LOOKUP: _ClassVar[SemanticStatus]
     SEMANTIC_STATUS_UNAVAILABLE: _ClassVar[SemanticStatus]
+    SEMANTIC_STATUS_SEARCHED_PARTLY_READ: _ClassVar[SemanticStatus]
 
 class SemanticCheck(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -66,6 +67,7 @@ SEMANTIC_STATUS_SKIPPED_HISTORY: SemanticStatus
 SEMANTIC_STATUS_SKIPPED_TEMPERATURE: SemanticStatus
 SEMANTIC_STATUS_SKIPPED_LOOKUP: SemanticStatus
 SEMANTIC_STATUS_UNAVAILABLE: SemanticStatus
+SEMANTIC_STATUS_SEARCHED_PARTLY_READ: SemanticStatus
 SEMANTIC_CHECK_UNSPECIFIED: SemanticCheck
 SEMANTIC_CHECK_COSINE: SemanticCheck
 SEMANTIC_CHECK_GUARD: SemanticCheck

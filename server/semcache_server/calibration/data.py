@@ -115,7 +115,7 @@ async def embed_texts(
     order = sorted(range(len(unique)), key=lambda row: len(unique[row]))
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        embedded = await embedder.embed([unique[row] for row in batch])
+        embedded = (await embedder.embed([unique[row] for row in batch])).vectors
         if vectors is None:
             vectors = np.zeros((len(unique), embedded.shape[1]), dtype=np.float32)
         vectors[batch] = embedded

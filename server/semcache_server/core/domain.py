@@ -21,6 +21,9 @@ class SemanticStatus(enum.Enum):
     """What the semantic layer did for a request; None on an Origin means it was not reached."""
 
     SEARCHED = "searched"
+    SEARCHED_PARTLY_READ = "searched_partly_read"
+    """Searched, but the embedding model could not read all of the prompt (past its window, or
+    unknown tokens): only cached prompts identical in those parts were compared."""
     REJECTED_BY_GUARD = "rejected_by_guard"
     SKIPPED_EXACT_ONLY = "skipped_exact_only"
     SKIPPED_HISTORY = "skipped_history"

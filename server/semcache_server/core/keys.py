@@ -3,7 +3,8 @@
 An entry id is derived from everything that changes the answer, so the exact layer is one lookup by
 id and two replicas storing the same answer write the same entry. A partition id groups the entries
 that a semantic match may reuse: same model, system prompt, options, history, namespace
-and embedding model. The prompt is not part of it: the semantic layer compares prompts.
+and embedding model. The prompt is not part of it (the semantic layer compares prompts), except
+for what the embedding model could not read of it.
 """
 
 from __future__ import annotations
@@ -49,5 +50,11 @@ def entry_id(query: Query) -> str:
     return _digest({**_context(query), "prompt": normalise_prompt(query.prompt)})
 
 
-def partition_id(query: Query, embedding_model: str) -> str:
-    return _digest({**_context(query), "embedding_model": embedding_model})
+def partition_id(query: Query, embedding_model: str, unread: str = "") -> str:
+    """unread: what the embedding model could not read of the prompt (past its window, unknown
+    tokens). Its vector says nothing of those parts, so they must match exactly: they join the
+    partition. Most prompts have none, and keep the partition they always had."""
+    context: dict[str, object] = {**_context(query), "embedding_model": embedding_model}
+    if unread:
+        context["unread"] = normalise_prompt(unread)
+    return _digest(context)

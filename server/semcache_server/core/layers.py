@@ -9,7 +9,6 @@ lookup and for the write alike. The chain asks it questions and never handles a 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -67,6 +66,13 @@ class ExactLayer:
 
 
 @dataclass(frozen=True)
+class PromptEmbedding:
+    vector: Vector
+    unread: str
+    """What the embedding model could not read of the prompt; see `Embeddings.unread`."""
+
+
+@dataclass(frozen=True)
 class SemanticHit:
     entry: CachedEntry
     similarity: float
@@ -81,6 +87,7 @@ class SemanticOutcome:
 
 
 _SEARCHED_MISS = SemanticOutcome(None, SemanticStatus.SEARCHED)
+_SEARCHED_PARTLY_READ_MISS = SemanticOutcome(None, SemanticStatus.SEARCHED_PARTLY_READ)
 _UNAVAILABLE = SemanticOutcome(None, SemanticStatus.UNAVAILABLE)
 
 
@@ -135,42 +142,44 @@ class SemanticLayer:
             return SemanticStatus.SKIPPED_TEMPERATURE
         return None
 
-    async def embed(self, prompt: str) -> Vector | None:
+    async def embed(self, prompt: str) -> PromptEmbedding | None:
         """None when the embedder failed; raises Overloaded when too many embeddings wait."""
         await self._embeddings.acquire()
         try:
             with timed(Stage.EMBEDDING):
-                vector: Vector = (await self._embedder.embed([prompt]))[0]
+                embeddings = await self._embedder.embed([prompt])
         except EmbedderUnavailable as error:
             self._embedder_outages.failed(error)
             return None
         finally:
             self._embeddings.release()
         self._embedder_outages.succeeded()
-        return vector
+        return PromptEmbedding(embeddings.vectors[0], embeddings.unread[0])
 
     async def _search(
-        self, request: SemanticRequest, vector: Vector, policy: HitPolicy
+        self, request: SemanticRequest, embedding: PromptEmbedding, policy: HitPolicy
     ) -> SemanticOutcome:
+        partition = request.partition(embedding.unread)
+        searched = _SEARCHED_PARTLY_READ_MISS if embedding.unread else _SEARCHED_MISS
         with timed(Stage.SEARCH):
-            neighbours = await self._index.nearest(request.partition, vector, k=policy.candidates)
+            neighbours = await self._index.nearest(partition, embedding.vector, k=policy.candidates)
         if neighbours:
             observer().nearest(neighbours[0].similarity)
         near = [n for n in neighbours if n.similarity >= policy.floor]
         if not near:
-            return _SEARCHED_MISS
+            return searched
         try:
             entries: list[tuple[CachedEntry, float]] = []
             for neighbour in near:
                 entry = await self._store.fetch(neighbour.entry_id)
                 if entry is None:  # expired or deleted behind the index's back
                     await asyncio.to_thread(self._index.remove, neighbour.entry_id)
-                elif entry.partition == request.partition and not request.control.too_old(
+                elif entry.partition == partition and not request.control.too_old(
                     entry, time.time()
                 ):
                     entries.append((entry, neighbour.similarity))
             if not entries:
-                return _SEARCHED_MISS
+                return searched
             with timed(Stage.VERIFICATION):
                 judgement = await policy.judge(
                     request.query.prompt,
@@ -180,7 +189,7 @@ class SemanticLayer:
                 status = (
                     SemanticStatus.REJECTED_BY_GUARD
                     if judgement.verdict is Verdict.REJECTED_BY_GUARD
-                    else SemanticStatus.SEARCHED
+                    else searched.status
                 )
                 return SemanticOutcome(None, status, judgement)
             entry, similarity = entries[judgement.chosen]
@@ -190,7 +199,7 @@ class SemanticLayer:
             return _UNAVAILABLE
         self._store_outages.succeeded()
         hit = SemanticHit(replace(entry, hits=hits), similarity)
-        return SemanticOutcome(hit, SemanticStatus.SEARCHED, judgement)
+        return SemanticOutcome(hit, searched.status, judgement)
 
     async def _write(
         self, entry: CachedEntry, vector: Vector | None, ttl_seconds: float | None
@@ -228,21 +237,21 @@ class SemanticRequest:
         """Why the layer may not answer this request; None when it may."""
         self._layer = layer
         self._policy = policy
-        self._embedding: asyncio.Future[Vector | None] | None = None
+        self._embedding: asyncio.Future[PromptEmbedding | None] | None = None
         self._holders = 1
 
-    @functools.cached_property
-    def partition(self) -> str:
-        """Computed on first use: an exact hit never needs it."""
-        return keys.partition_id(self.query, self._layer.embedding_model)
+    def partition(self, unread: str) -> str:
+        """Where the prompt's entry lives: computed only once embedded (an exact hit never needs
+        it), since what the model could not read of the prompt is part of it."""
+        return keys.partition_id(self.query, self._layer.embedding_model, unread)
 
     async def lookup(self) -> SemanticOutcome:
         """Search the partition and judge the nearest entry (only when `skipped` is None)."""
         assert self.skipped is None, "the chain asks only a layer that may answer"
-        vector = await self._vector()
-        if vector is None:
+        embedding = await self._embedded()
+        if embedding is None:
             return _UNAVAILABLE
-        return await self._layer._search(self, vector, self._policy)
+        return await self._layer._search(self, embedding, self._policy)
 
     def embed_ahead(self) -> None:
         """Start embedding now, in the background, for a write that will want it later.
@@ -262,13 +271,14 @@ class SemanticRequest:
         does not leave an answer it fully received out of the cache.
         """
         try:
-            vector = await self._vector()
+            embedding = await self._embedded()
         except Overloaded:
-            vector = None  # stored for exact hits only: better than not at all
+            embedding = None  # stored for exact hits only: better than not at all
+        vector = embedding.vector if embedding is not None else None
         query = self.query
         entry = CachedEntry(
             entry_id=entry_id,
-            partition=self.partition,
+            partition=self.partition(embedding.unread if embedding is not None else ""),
             prompt=query.prompt,
             text=text,
             model=query.model,
@@ -298,7 +308,7 @@ class SemanticRequest:
         elif not self._embedding.cancelled() and self._embedding.exception() is not None:
             log.debug("an embedding nobody read failed", exc_info=self._embedding.exception())
 
-    async def _vector(self) -> Vector | None:
+    async def _embedded(self) -> PromptEmbedding | None:
         """The prompt's embedding, made once for the lookup and the write (which may run at the
         same time, when the LLM is asked speculatively). A failure is not remembered, so a later
         ask (the write after the lookup) tries again; a caller that leaves does not cancel an
@@ -307,11 +317,11 @@ class SemanticRequest:
             self._embedding = asyncio.ensure_future(self._layer.embed(self.query.prompt))
         embedding = self._embedding
         try:
-            vector = await asyncio.shield(embedding)
+            embedded = await asyncio.shield(embedding)
         except Overloaded:
             if self._embedding is embedding:
                 self._embedding = None
             raise
-        if vector is None and self._embedding is embedding:
+        if embedded is None and self._embedding is embedding:
             self._embedding = None
-        return vector
+        return embedded

@@ -34,6 +34,18 @@ Vectors = npt.NDArray[np.float32]
 # --- embedder -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Embeddings:
+    """Unit vectors of texts, with what the model could not read of each."""
+
+    vectors: Vectors
+    unread: Sequence[str]
+    """For each text, the parts its vector says nothing of, joined ("" for most prompts): what
+    lies past the model's window, and spans its vocabulary maps to an unknown token (an emoji, a
+    very long word). Two prompts that differ only there embed alike, so the semantic layer lets
+    them match only when those parts are identical."""
+
+
 class Embedder(Protocol):
     """Turns prompts into unit vectors; the semantic layer compares them by cosine."""
 
@@ -42,7 +54,7 @@ class Embedder(Protocol):
         """Names the embedding model; entries embedded by another model are never compared."""
         ...
 
-    async def embed(self, texts: Sequence[str]) -> Vectors:
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
         """Raises EmbedderUnavailable when the model cannot answer."""
         ...
 

@@ -210,6 +210,9 @@ class FakeOllama:
         failing LLM through ``behaviour`` does not also take the embedder down."""
         self.embedding_overrides: dict[str, list[float]] = {}
         """Vectors per input text, returned as given, for tests that need chosen similarities."""
+        self.embed_context_chars: int | None = None
+        """Like an embedding model's context, in characters: a longer input is embedded cut to
+        it, or refused as Ollama does when the request sets ``truncate`` to false."""
 
         self._cond = threading.Condition()
         self._calls: list[dict[str, Any]] = []
@@ -377,6 +380,7 @@ class FakeOllama:
         self.behaviour = self._default_behaviour
         self.model_behaviours.clear()
         self.embedding_overrides.clear()
+        self.embed_context_chars = None
 
     def reply_for(self, prompt: str) -> str:
         """The full reply text the fake gives for a prompt, before ``num_predict`` or faults."""
@@ -631,6 +635,11 @@ class FakeOllama:
             _abort(request)
             return web.Response()
 
+        limit = self.embed_context_chars
+        if limit is not None and any(len(text) > limit for text in inputs):
+            if body.get("truncate") is False:
+                return _error(400, "the input length exceeds the context length")
+            inputs = [text[:limit] for text in inputs]
         vectors = [self.embedding_for(text, dims) for text in inputs]
         if path == EMBEDDINGS:
             return web.json_response({"embedding": vectors[0]})

@@ -10,10 +10,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-
 from semcache_server.adapters.embedders.minilm_onnx import MiniLMOnnxModel
+from semcache_server.core.ports import Embeddings
 
 MODEL_ID = "local/all-MiniLM-L6-v2"
 
@@ -44,7 +42,7 @@ class LocalEmbedder:
         self._executor = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="embedder", initializer=_yield_to_the_event_loop
         )
-        self._waiting: list[tuple[list[str], asyncio.Future[npt.NDArray[np.float32]]]] = []
+        self._waiting: list[tuple[list[str], asyncio.Future[Embeddings]]] = []
         self._runner: asyncio.Task[None] | None = None
         self.passes = 0
         """Forward passes run, for tests and benchmarks (fewer than requests under load)."""
@@ -63,9 +61,10 @@ class LocalEmbedder:
     def dimensions(self) -> int:
         return self._model.dimensions
 
-    async def embed(self, texts: Sequence[str]) -> npt.NDArray[np.float32]:
-        """Embeds texts off the event loop; float32 (len(texts), dimensions), unit-length rows."""
-        result: asyncio.Future[npt.NDArray[np.float32]] = asyncio.get_running_loop().create_future()
+    async def embed(self, texts: Sequence[str]) -> Embeddings:
+        """Embeds texts off the event loop: float32 (len(texts), dimensions), unit-length rows,
+        with what the model could not read of each (past its window, unknown tokens)."""
+        result: asyncio.Future[Embeddings] = asyncio.get_running_loop().create_future()
         self._waiting.append((list(texts), result))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run_batches())
@@ -74,7 +73,7 @@ class LocalEmbedder:
     async def _run_batches(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting:
-            batch: list[tuple[list[str], asyncio.Future[npt.NDArray[np.float32]]]] = []
+            batch: list[tuple[list[str], asyncio.Future[Embeddings]]] = []
             size = 0
             while self._waiting and (
                 not batch or size + len(self._waiting[0][0]) <= self._max_batch
@@ -87,7 +86,9 @@ class LocalEmbedder:
                 continue
             texts = [text for request, _ in batch for text in request]
             try:
-                vectors = await loop.run_in_executor(self._executor, self._model.encode, texts)
+                vectors, unread = await loop.run_in_executor(
+                    self._executor, self._model.read, texts
+                )
             except Exception as error:
                 for _, result in batch:
                     if not result.done():
@@ -97,7 +98,8 @@ class LocalEmbedder:
             row = 0
             for request, result in batch:
                 if not result.done():
-                    result.set_result(vectors[row : row + len(request)])
+                    end = row + len(request)
+                    result.set_result(Embeddings(vectors[row:end], unread[row:end]))
                 row += len(request)
 
     async def aclose(self) -> None:

@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 from safetensors.numpy import load_file
-from tokenizers import Tokenizer
+from tokenizers import Encoding, Tokenizer
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 OPSET = 17
@@ -39,6 +39,8 @@ LOGIT = "logit"
 # sentence-transformers reads max_seq_length (256) from sentence_bert_config.json; the 128 in
 # tokenizer.json is a leftover that would silently cut longer prompts short.
 DEFAULT_MAX_SEQ_LENGTH = 256
+UNKNOWN_TOKEN = "[UNK]"
+UNREAD_SEPARATOR = "\x1f"
 
 Array = npt.NDArray[np.float32]
 
@@ -361,6 +363,21 @@ def load_tokenizer(model_dir: Path, max_length: int) -> Tokenizer:
     return tokenizer
 
 
+def unread_parts(text: str, encoding: Encoding, unknown_id: int | None) -> str:
+    """The parts of text the model's vector says nothing of, joined by a unit separator: each
+    span the vocabulary maps to the unknown token (an emoji, a word of over 100 characters), and
+    everything past the last token the window holds. Offsets are the tokenizer's own, in
+    characters of the original text; "" when the model read it all."""
+    parts = [
+        text[start:end]
+        for token, (start, end) in zip(encoding.ids, encoding.offsets, strict=True)
+        if token == unknown_id
+    ]
+    if encoding.overflowing:
+        parts.append(text[max((end for _, end in encoding.offsets), default=0) :])
+    return UNREAD_SEPARATOR.join(parts)
+
+
 class MiniLMOnnxModel:
     """Tokenizer + onnxruntime session: texts in, unit-length float32 vectors out (synchronous)."""
 
@@ -370,6 +387,7 @@ class MiniLMOnnxModel:
         self._session = session
         self._tokenizer = tokenizer
         self._dimensions = dimensions
+        self._unknown_id = tokenizer.token_to_id(UNKNOWN_TOKEN)
 
     @classmethod
     def load(cls, model_dir: Path | None = None, threads: int = 1) -> MiniLMOnnxModel:
@@ -394,12 +412,20 @@ class MiniLMOnnxModel:
 
     def encode(self, texts: Sequence[str]) -> Array:
         """Embeds texts; returns float32 (len(texts), dimensions) with unit-length rows."""
+        return self.read(texts)[0]
+
+    def read(self, texts: Sequence[str]) -> tuple[Array, list[str]]:
+        """Embeds texts, and says for each what the model did not read (see `unread_parts`)."""
         if not texts:
-            return np.zeros((0, self._dimensions), dtype=np.float32)
+            return np.zeros((0, self._dimensions), dtype=np.float32), []
         encodings = self._tokenizer.encode_batch(list(texts))
         input_ids = np.array([e.ids for e in encodings], dtype=np.int64)
         attention_mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
         (embeddings,) = self._session.run(
             [OUTPUT], {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask}
         )
-        return np.ascontiguousarray(embeddings, dtype=np.float32)
+        unread = [
+            unread_parts(text, e, self._unknown_id)
+            for text, e in zip(texts, encodings, strict=True)
+        ]
+        return np.ascontiguousarray(embeddings, dtype=np.float32), unread
