@@ -18,9 +18,11 @@ One command, one run, so every figure shares the machine's state (issue #11):
 3. The goals of issue #11, each with PASS/FAIL: exact hit against the floor, semantic hit against
    the bare embedding, hits/s at 32 callers.
 4. A mixed run: 256 callers, 50% exact hits, 25% semantic hits, 25% misses, for `--seconds`.
-5. Overload (`--overload N`, 0 skips it): a second `semcache serve` with small LLM bounds and a
-   slow Ollama-protocol server gets N concurrent distinct misses while a few workers on another
-   connection keep asking one stored exact hit; the misses' final status codes are tallied.
+5. Overload (`--overload N`, 0 skips it; `--only overload` runs it alone): a second `semcache
+   serve` with small LLM bounds and a slow Ollama-protocol server gets N concurrent distinct
+   misses over `--overload-channels` channels (one by default: one client's burst), while a few
+   workers in another process, on their own connection, keep asking one stored exact hit; the
+   misses' final status codes are tallied, with the exact hits' latencies meanwhile.
 6. GPTCache side by side (`--no-gptcache` skips it): bench.gptcache_side, in its own environment
    (`.venv-gptcache/`, made by `bench/gptcache_env.sh`; skipped with a note when absent), stores
    the same entries and answers in GPTCache (SQLite + FAISS, the same MiniLM embedder) and times
@@ -41,6 +43,7 @@ import contextlib
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import re
 import resource
@@ -117,9 +120,13 @@ OVERLOAD_FIRST_TOKEN_DELAY = 2.0
 """A slow LLM, so LLM slots stay taken and the queue in front of them fills."""
 OVERLOAD_FLAGS = ("--max-llm-calls", "64", "--max-llm-queue", "256")
 OVERLOAD_DEADLINE = 10.0
-OVERLOAD_STREAMS_PER_CHANNEL = 500
-"""Under the server's 1,024 streams a connection; the misses are spread over several."""
+OVERLOAD_CHANNELS = 1
+"""The misses share one channel, as one client's burst does: thousands of streams on one
+connection."""
 OVERLOAD_HIT_WORKERS = 4
+"""Exact-hit callers, in another process (a client loop busy with the burst would delay them
+by itself) on a connection of their own."""
+HITTER_START_SECONDS = 3.0
 OVERLOAD_MAX_GAP = 1.0
 """Exact hits count as served throughout when none failed and none waited longer than this
 after the one before."""
@@ -138,6 +145,7 @@ GPTCACHE_OVER_SEMCACHE = 3.0
 
 GPTCACHE_VENV = ROOT / ".venv-gptcache"
 GPTCACHE = "gptcache"
+OVERLOAD = "overload"
 GPTCACHE_KINDS = (EXACT, SEMANTIC)
 GPTCACHE_GET = "get"
 """bench.gptcache_side's ways of timing a lookup, in the order reported, with what each includes."""
@@ -504,34 +512,75 @@ def setting_named(message: str) -> str:
     return ", ".join(found) if found else message
 
 
-async def overload(count: int) -> dict[str, Any]:
+def exact_hits_meanwhile(
+    target: str, request: bytes, stop: Any, results: Any, workers: int
+) -> None:
+    """In a process of its own: workers ask one stored exact hit until stop is set, then put
+    (finish times, latencies, failures by kind, examples) on results."""
+
+    async def run() -> None:
+        stored = pb.AskRequest.FromString(request)
+        finished: list[float] = []
+        latencies: list[float] = []
+        failures: Counter[str] = Counter()
+        examples: dict[str, str] = {}
+        async with grpc.aio.insecure_channel(target) as channel:
+            stub = pb_grpc.SemcacheServiceStub(channel)  # type: ignore[no-untyped-call]
+
+            async def worker() -> None:
+                while not stop.is_set():
+                    started = time.time()
+                    try:
+                        response = await stub.Ask(stored, timeout=CALL_TIMEOUT)
+                    except grpc.aio.AioRpcError as error:
+                        failures[error.code().name] += 1
+                        examples.setdefault(f"exact hit {error.code().name}", error.details() or "")
+                        continue
+                    if response.source != pb.SOURCE_EXACT:
+                        failures[f"source {pb.Source.Name(response.source)}"] += 1
+                        continue
+                    finished.append(time.time())
+                    latencies.append(finished[-1] - started)
+
+            await asyncio.gather(*(worker() for _ in range(workers)))
+        results.put((finished, latencies, dict(failures), examples))
+
+    asyncio.run(run())
+
+
+async def overload(count: int, channels: int = OVERLOAD_CHANNELS) -> dict[str, Any]:
     """count concurrent distinct misses against small LLM bounds and a slow LLM, while a few
-    workers on their own connection keep asking one stored exact hit."""
+    workers in another process, on their own connection, keep asking one stored exact hit."""
     outcomes: dict[str, list[float]] = {code: [] for code in REPORTED_CODES}
     other_codes: Counter[str] = Counter()
     refusals: Counter[str] = Counter()
     examples: dict[str, str] = {}
     shared = 0
-    hits: list[float] = []
-    hit_finished: list[float] = []
-    hit_failures: Counter[str] = Counter()
     slow = fake_ollama(first_token_delay=OVERLOAD_FIRST_TOKEN_DELAY)
+    spawn = multiprocessing.get_context("spawn")
     with slow as ollama, semcache_server(ollama.url, *OVERLOAD_FLAGS) as server:
-        miss_channels = open_channels(
-            server.target, math.ceil(count / OVERLOAD_STREAMS_PER_CHANNEL)
-        )
-        hit_channels = open_channels(server.target, 1)
+        miss_channels = open_channels(server.target, channels)
         try:
-            for channel in [*miss_channels, *hit_channels]:
+            for channel in miss_channels:
                 await asyncio.wait_for(channel.channel_ready(), timeout=30)
-            hit_stub = pb_grpc.SemcacheServiceStub(hit_channels[0])  # type: ignore[no-untyped-call]
-            stored = build_request(pb.AskRequest, "What is the capital of France?", model=MODEL)
-            await hit_stub.Ask(stored, timeout=CALL_TIMEOUT)
-            if (await hit_stub.Ask(stored, timeout=CALL_TIMEOUT)).source != pb.SOURCE_EXACT:
-                raise SystemExit("overload: the stored answer is not an exact hit")
             miss_stubs = [pb_grpc.SemcacheServiceStub(c) for c in miss_channels]  # type: ignore[no-untyped-call]
+            stored = build_request(pb.AskRequest, "What is the capital of France?", model=MODEL)
+            await miss_stubs[0].Ask(stored, timeout=CALL_TIMEOUT)  # the warm-up call
+            if (await miss_stubs[0].Ask(stored, timeout=CALL_TIMEOUT)).source != pb.SOURCE_EXACT:
+                raise SystemExit("overload: the stored answer is not an exact hit")
             requests = list(itertools.islice(miss_requests("overload"), count))
-            flood_over = asyncio.Event()
+            stop, hit_results = spawn.Event(), spawn.Queue()
+            hitter = spawn.Process(
+                target=exact_hits_meanwhile,
+                args=(
+                    server.target,
+                    stored.SerializeToString(),
+                    stop,
+                    hit_results,
+                    OVERLOAD_HIT_WORKERS,
+                ),
+            )
+            hitter.start()
 
             async def miss(index: int) -> None:
                 nonlocal shared
@@ -556,32 +605,28 @@ async def overload(count: int) -> dict[str, Any]:
                 outcomes["OK"].append(time.perf_counter() - started)
                 shared += response.shared_llm_call
 
-            async def hitter() -> None:
-                while not flood_over.is_set():
-                    started = time.perf_counter()
-                    try:
-                        response = await hit_stub.Ask(stored, timeout=CALL_TIMEOUT)
-                    except grpc.aio.AioRpcError as error:
-                        hit_failures[error.code().name] += 1
-                        examples.setdefault(f"exact hit {error.code().name}", error.details() or "")
-                        continue
-                    if response.source != pb.SOURCE_EXACT:
-                        hit_failures[f"source {pb.Source.Name(response.source)}"] += 1
-                        continue
-                    hit_finished.append(time.perf_counter())
-                    hits.append(hit_finished[-1] - started)
-
-            hitters = [asyncio.create_task(hitter()) for _ in range(OVERLOAD_HIT_WORKERS)]
+            await asyncio.sleep(HITTER_START_SECONDS)  # its interpreter and channel start
+            started_wall = time.time()
             started = time.perf_counter()
             await asyncio.gather(*(miss(index) for index in range(count)))
             elapsed = time.perf_counter() - started
-            flood_over.set()
-            await asyncio.gather(*hitters)
+            stop.set()
+            finished, hits, hit_failures, hit_examples = await asyncio.to_thread(
+                hit_results.get, True, 60
+            )
+            await asyncio.to_thread(hitter.join, 30)
+            examples.update(hit_examples)
         finally:
-            for channel in [*miss_channels, *hit_channels]:
+            for channel in miss_channels:
                 await channel.close()
-    ends = [started, *(t for t in hit_finished if t <= started + elapsed), started + elapsed]
+    during = [t for t in finished if started_wall <= t <= started_wall + elapsed]
+    ends = [started_wall, *during, started_wall + elapsed]
     longest_gap = max(b - a for a, b in itertools.pairwise(sorted(ends)))
+    hits_during = [
+        latency
+        for t, latency in zip(finished, hits, strict=True)
+        if started_wall <= t <= started_wall + elapsed
+    ]
     return {
         "misses": count,
         "flags": " ".join(OVERLOAD_FLAGS),
@@ -598,9 +643,9 @@ async def overload(count: int) -> dict[str, Any]:
         "examples": examples,
         "shared_llm_calls": shared,
         "exact_hits": {
-            **(percentiles(hits) if hits else {"n": 0.0}),
+            **(percentiles(hits_during) if hits_during else {"n": 0.0}),
             "workers": OVERLOAD_HIT_WORKERS,
-            "failures": dict(hit_failures),
+            "failures": hit_failures,
             "longest_gap_ms": 1000 * longest_gap,
         },
     }
@@ -683,14 +728,16 @@ async def gptcache_side(lookups: Lookups, samples: int) -> dict[str, Any]:
     }
 
 
+AddGoal = Callable[[str, float, str, str, bool], None]
+
+
 def verdict(passed: bool) -> str:
     return "PASS" if passed else "FAIL"
 
 
 def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue #11's goals: (goal, measured, target, PASS/FAIL); a goal with no figure is skipped."""
-    single = results["levels"]["1"]
-    floor, exact, semantic = single[FLOOR], single[EXACT], single[SEMANTIC]
+    """Issue #11's goals and #18's overload goals: (goal, measured, target, PASS/FAIL); a goal
+    with no figure is skipped."""
     rows: list[dict[str, Any]] = []
 
     def add(goal: str, measured: float, shown: str, target: str, passed: bool) -> None:
@@ -704,6 +751,17 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
+    if "levels" in results:
+        cache_goals(results, add)
+    over = results.get("overload")
+    if over:
+        overload_goals(over, add)
+    return rows
+
+
+def cache_goals(results: dict[str, Any], add: AddGoal) -> None:
+    single = results["levels"]["1"]
+    floor, exact, semantic = single[FLOOR], single[EXACT], single[SEMANTIC]
     ratio = exact["p50_ms"] / floor["p50_ms"]
     add(
         "exact hit p50 / floor p50",
@@ -758,26 +816,6 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"<= {MIXED_EXACT_P99_MS} ms",
             p99 <= MIXED_EXACT_P99_MS,
         )
-    over = results.get("overload")
-    if over:
-        bad = sum(over["outcomes"][code]["count"] for code in ("CANCELLED", "other"))
-        add(
-            "overload: misses end OK, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED",
-            bad,
-            f"{bad} otherwise",
-            "0 otherwise",
-            bad == 0,
-        )
-        hits = over["exact_hits"]
-        failed = sum(hits["failures"].values())
-        gap = hits["longest_gap_ms"]
-        add(
-            "overload: exact hits served throughout",
-            failed,
-            f"{int(hits['n'])} ok, {failed} failed, longest pause {gap:.0f} ms",
-            f"0 failed, pause < {OVERLOAD_MAX_GAP * 1000:.0f} ms",
-            failed == 0 and hits["n"] > 0 and gap < OVERLOAD_MAX_GAP * 1000,
-        )
     side = results.get(GPTCACHE, {}).get("lookups")
     if side:
         for kind in GPTCACHE_KINDS:
@@ -791,7 +829,27 @@ def goals(results: dict[str, Any]) -> list[dict[str, Any]]:
                     f">= {GPTCACHE_OVER_SEMCACHE:g}x",
                     ratio >= GPTCACHE_OVER_SEMCACHE,
                 )
-    return rows
+
+
+def overload_goals(over: dict[str, Any], add: AddGoal) -> None:
+    bad = sum(over["outcomes"][code]["count"] for code in ("CANCELLED", "other"))
+    add(
+        "overload: misses end OK, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED",
+        bad,
+        f"{bad} otherwise",
+        "0 otherwise",
+        bad == 0,
+    )
+    hits = over["exact_hits"]
+    failed = sum(hits["failures"].values())
+    gap = hits["longest_gap_ms"]
+    add(
+        "overload: exact hits served throughout",
+        failed,
+        f"{int(hits['n'])} ok, {failed} failed, longest pause {gap:.0f} ms",
+        f"0 failed, pause < {OVERLOAD_MAX_GAP * 1000:.0f} ms",
+        failed == 0 and hits["n"] > 0 and gap < OVERLOAD_MAX_GAP * 1000,
+    )
 
 
 def plural(count: int, noun: str) -> str:
@@ -808,6 +866,10 @@ def failures_text(failures: dict[str, int]) -> str:
 
 
 def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
+    if "levels" not in results:  # --only overload
+        print_overload(results["overload"])
+        print_goals(results)
+        return
     single = results["levels"]["1"]
     print(
         f"## semcache latency: {results['entries']} entries, gRPC on loopback, "
@@ -834,11 +896,7 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         print_overload(over)
     if GPTCACHE in results:
         print_gptcache(results)
-    print("\n### Goals (issue #11)\n")
-    print("| goal | measured | target | verdict |")
-    print("|---|---|---|---|")
-    for row in results["goals"]:
-        print(f"| {row['goal']} | {row['shown']} | {row['target']} | {row['verdict']} |")
+    print_goals(results)
     print("\n### Also\n")
     for kind in (EXACT, SEMANTIC, MISS, EMBEDDING):
         if kind in results:
@@ -851,6 +909,14 @@ def print_report(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"server RSS: {idle:.0f} MB idle, {filled:.0f} MB with {results['entries']} entries; "
         f"filled in {results['fill_seconds']:.1f} s"
     )
+
+
+def print_goals(results: dict[str, Any]) -> None:
+    print("\n### Goals (issues #11 and #18)\n")
+    print("| goal | measured | target | verdict |")
+    print("|---|---|---|---|")
+    for row in results["goals"]:
+        print(f"| {row['goal']} | {row['shown']} | {row['target']} | {row['verdict']} |")
 
 
 def print_concurrency(results: dict[str, Any], args: argparse.Namespace) -> None:
@@ -1000,10 +1066,16 @@ def print_gptcache(results: dict[str, Any]) -> None:
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    if args.only == OVERLOAD:
+        results: dict[str, Any] = {
+            "overload": await overload(args.overload, args.overload_channels)
+        }
+        results["goals"] = goals(results)
+        return results
     results, lookups = await measure_cache(args)
     if args.only != GPTCACHE:
         if args.overload > 0:
-            results["overload"] = await overload(args.overload)
+            results["overload"] = await overload(args.overload, args.overload_channels)
         results[EMBEDDING] = percentiles(embedding_latency(args.samples))
     if args.gptcache:
         results[GPTCACHE] = await gptcache_side(lookups, args.samples)
@@ -1035,6 +1107,12 @@ def main() -> None:
         "--overload", type=int, default=5000, help="concurrent misses of the overload run; 0 skips"
     )
     parser.add_argument(
+        "--overload-channels",
+        type=int,
+        default=OVERLOAD_CHANNELS,
+        help="channels the overload run's misses share (default 1: one client's burst)",
+    )
+    parser.add_argument(
         "--gptcache",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -1042,8 +1120,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--only",
-        choices=[GPTCACHE],
-        help="gptcache: only the one-call rounds and the GPTCache comparison",
+        choices=[GPTCACHE, OVERLOAD],
+        help="gptcache: only the one-call rounds and the GPTCache comparison; overload: only "
+        "the overload run",
     )
     parser.add_argument(
         "--server-workers",

@@ -29,8 +29,12 @@ MAX_REQUEST_BYTES = 4 * 1024 * 1024
 """gRPC's own default, set on purpose: a prompt, its system prompt and history fit many times."""
 MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 """A cached answer is replayed whole in a unary response."""
-MAX_STREAMS_PER_CONNECTION = 1024
-"""HTTP/2 streams one client connection may open at once; a pool of clients is not limited."""
+STREAMS_PER_CONNECTION_OVER_MAX_CALLS = 2
+"""HTTP/2 streams one connection may open, as a multiple of --max-calls. Past its stream limit
+a connection's new calls are refused by the transport (REFUSED_STREAM: the caller sees
+UNAVAILABLE, and the server never hears of them); kept above --max-calls, a burst on one
+connection meets max_calls and admission control instead, whose refusals are RESOURCE_EXHAUSTED
+and counted."""
 PENDING_CALLS = 100_000
 """Calls gRPC core may hold before the server picks them up (see the options below)."""
 
@@ -82,7 +86,10 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                 ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
-                ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+                (
+                    "grpc.max_concurrent_streams",
+                    STREAMS_PER_CONNECTION_OVER_MAX_CALLS * max_calls,
+                ),
                 # gRPC core queues calls the Python server has not picked up yet and, past its
                 # own limits (~1,000 soft, 3,000 hard), drops them as CANCELLED before any
                 # handler runs. Raised far past max_calls, a burst reaches the limit above and
