@@ -33,14 +33,17 @@ Redis), partial answers stored (every entry's text against the full reply for it
 lost that Redis had acknowledged (every `stored=true` entry id, after the final restart), OK
 answers whose text is not the full answer, calls ending in a status the README does not promise,
 and failed calls with only Redis faulty or no fault at all (the README: Redis failures never fail
-a request). Then the single-flight claims held in Redis for longer than any LLM call takes, the
-server's RSS after warm-up and at the end, its health, and its log's ERROR, WARNING and Traceback
-lines. `--negative-control` runs the same with both tenants in one shared namespace and a Redis
-that keeps nothing: the wrong-tenant and lost-entry lines must then FAIL, which shows they can.
+a request), single-flight claims held in Redis for longer than any LLM call takes, and claims
+still there a lease after the last call ended (renewed for nobody, issue #18). Then the server's
+RSS after warm-up and at the end, its health, and its log's ERROR, WARNING and Traceback lines.
+`--negative-control` runs the same with both tenants in one shared namespace and a Redis that
+keeps nothing: the wrong-tenant and lost-entry lines must then FAIL, which shows they can.
 
 Without `--json` a markdown report is printed; `--json` prints JSON instead, and `--json PATH`
-writes the JSON to PATH and prints the report as well. Progress goes to stderr. `--keep DIR`
-keeps the server's and Redis's logs and every call (`calls.jsonl`) for a diagnosis.
+writes the JSON to PATH and prints the report as well. It exits 1 when a check fails (with
+`--negative-control`: when a line that must fail passes), so it can gate a change. Progress goes
+to stderr. `--keep DIR` keeps the server's and Redis's logs and every call (`calls.jsonl`) for a
+diagnosis.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_client import build_request
 from semcache_server.adapters.redis_store import KeyLayout
+from semcache_server.core.chain import ChainSettings
 from semcache_server.edge.auth import tenant_namespace
 from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
@@ -101,6 +105,8 @@ STALL_FIRST_TOKEN = 12.0
 DROP_AFTER_TOKENS = 5
 LONGEST_LLM_CALL = STALL_FIRST_TOKEN + 3.0
 """No LLM call of this run takes longer (a stalled one least of all), so neither does a claim."""
+CLAIM_LEASE = ChainSettings.claim_lease_seconds
+"""A claim nobody renews is gone this long after its last renewal."""
 
 POOL_PAIRS = 40
 """(prompt, paraphrase) pairs in each pool: shared by both tenants, alpha's, bravo's."""
@@ -859,8 +865,13 @@ def log_summary(path: Path) -> dict[str, Any]:
 
 
 def summarise(
-    run: Run, checked: dict[str, Any], log_info: dict[str, Any], args: argparse.Namespace
+    run: Run,
+    checked: dict[str, Any],
+    renewed_claims: list[dict[str, Any]],
+    log_info: dict[str, Any],
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
+    """renewed_claims: claims still in Redis a lease after the last call ended."""
     outcomes = run.outcomes
     load_started = run.started
     codes = Counter(o.code for o in outcomes)
@@ -927,6 +938,11 @@ def summarise(
         ("streams that ended OK without an end message", unended),
         ("failed calls with only Redis faulty (README: never)", len(redis_only_failed)),
         ("failed calls with no fault active", len(calm_failed)),
+        (
+            f"claims held longer than any LLM call takes ({LONGEST_LLM_CALL:g} s, issue #18)",
+            len(run.monitor.long_claims()),
+        ),
+        ("claims still renewed a lease after the last call (issue #18)", len(renewed_claims)),
     ]
     checks = [
         {"check": name, "measured": value, "target": 0, "verdict": verdict(value == 0)}
@@ -967,6 +983,7 @@ def summarise(
         "checked": checked,
         "checks": checks,
         "claims_held_too_long": run.monitor.long_claims(),
+        "claims_renewed_after_load": renewed_claims,
         "rss_mb": {
             "start": round(run.rss_start_mb, 1),
             "max": round(max(run.monitor.rss_mb, default=run.rss_end_mb), 1),
@@ -979,6 +996,21 @@ def summarise(
 
 def verdict(passed: bool) -> str:
     return "PASS" if passed else "FAIL"
+
+
+MUST_FAIL_IN_NEGATIVE_CONTROL = (
+    "answers served to the wrong tenant (issue #12)",
+    "acknowledged entries lost, after a final SIGKILL (issue #12)",
+)
+
+
+def exit_status(results: dict[str, Any]) -> int:
+    """1 when a check failed; in a negative control, 1 when a line that must fail passed (the
+    run could not have shown what it checks)."""
+    verdicts = {row["check"]: row["verdict"] for row in results["checks"]}
+    if results["negative_control"]:
+        return int(any(verdicts[name] == "PASS" for name in MUST_FAIL_IN_NEGATIVE_CONTROL))
+    return int(any(value == "FAIL" for value in verdicts.values()))
 
 
 # ---------------------------------------------------------------------------------- the report
@@ -1088,6 +1120,12 @@ def print_details(results: dict[str, Any]) -> None:
         print(
             f"- Claims left in Redis 1 s after the last call ended: {len(claims)} (TTLs "
             f"{sorted(claim['ttl_ms'] for claim in claims)[:10]} ms)"
+        )
+    renewed = results["claims_renewed_after_load"]
+    if renewed:
+        print(
+            f"- Claims still in Redis {1 + CLAIM_LEASE:g} s after the last call ended (renewed "
+            f"for nobody): {len(renewed)} (TTLs {sorted(c['ttl_ms'] for c in renewed)[:10]} ms)"
         )
     if checked["served_entries_missing"]:
         print(f"- Served entries no longer in Redis: {len(checked['served_entries_missing'])}")
@@ -1255,6 +1293,9 @@ def measure(args: argparse.Namespace, scratch: Path, stack: contextlib.ExitStack
     time.sleep(1)  # the last LLM calls' claims are released as they close
     with redis_client(redis_process.url) as client:
         claims = leftover_claims(client, KeyLayout())
+    time.sleep(CLAIM_LEASE)  # a claim whose release was lost has run out by now
+    with redis_client(redis_process.url) as client:
+        renewed_claims = leftover_claims(client, KeyLayout())
     log("final Redis SIGKILL and restart from the AOF")
     redis_process.stop()
     redis_process.start()
@@ -1262,7 +1303,7 @@ def measure(args: argparse.Namespace, scratch: Path, stack: contextlib.ExitStack
         checked = check(run, client, ollama)
     stop_server()
     drain.join(5)
-    results = summarise(run, checked, log_summary(drain.path), args)
+    results = summarise(run, checked, renewed_claims, log_summary(drain.path), args)
     results["claims_left_after_load"] = claims
     write_calls(run, scratch / "calls.jsonl")
     log("done")
@@ -1317,10 +1358,11 @@ def main() -> None:
     if args.json == "-":
         json.dump(results, sys.stdout, indent=2, default=str)
         print()
-        return
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print_report(results, args)
+    else:
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print_report(results, args)
+    raise SystemExit(exit_status(results))
 
 
 if __name__ == "__main__":

@@ -23,14 +23,17 @@ BURST = 1_200
 async def test_more_calls_than_a_connection_used_to_carry_all_get_their_answer(
     semcache: Running, ollama: FakeOllama
 ) -> None:
-    """Identical misses ride one LLM call, so all stay open at once while it answers."""
+    """Identical misses ride one LLM call, so all stay open at once while it answers (exact
+    matches only: no embedding, so no embedding queue to shed them)."""
     ollama.behaviour = Behaviour(first_token_delay=2.0)
     statuses: Counter[str] = Counter()
     sources: Counter[int] = Counter()
 
     async def one() -> None:
         try:
-            response = await semcache.stub.Ask(ask("What is a burst?"), timeout=60)
+            response = await semcache.stub.Ask(
+                ask("What is a burst?", similarity_threshold=0.0), timeout=60
+            )
         except grpc.aio.AioRpcError as error:
             statuses[f"{error.code().name}: {error.details()}"] += 1
             return

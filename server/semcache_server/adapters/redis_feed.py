@@ -3,6 +3,8 @@
 Each change carries a sequence number, counted by the script that made it. A reader that
 applied change n expects n+1 next; anything else (the stream was trimmed past it, Redis was flushed
 or restored from an older file) is a `FeedGap`, and the reader rebuilds its index from the entries.
+A flush or a restore shows without a write too (`verify`): the feed's epoch key is gone or another,
+or the sequence counter is behind the last change read.
 """
 
 from __future__ import annotations
@@ -105,6 +107,24 @@ class RedisFeed:
         except (RedisError, OSError) as error:
             raise self._unavailable(error) from None
         return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def verify(self, epoch: str, position: FeedPosition) -> None:
+        """Raise FeedGap when this Redis is no longer the one the position was read from: its
+        epoch is gone or another (FLUSHALL, another Redis), or its sequence counter is behind
+        the position (restored from an older file). Read-only, so a full Redis answers it."""
+        self.breaker.check()
+        try:
+            raw_epoch, raw_seq = await self._redis.mget(
+                [self._layout.feed_epoch, self._layout.feed_sequence]
+            )
+        except (RedisError, OSError) as error:
+            raise self._unavailable(error) from None
+        found = _text(raw_epoch) if raw_epoch is not None else "gone"
+        if found != epoch:
+            raise FeedGap(f"the feed's epoch is {found}, not {epoch}: Redis flushed or replaced")
+        seq = int(_text(raw_seq)) if raw_seq is not None else 0
+        if seq < position.seq:
+            raise FeedGap(f"the feed counts {seq} changes, not {position.seq}: Redis was restored")
 
     async def head(self) -> FeedPosition:
         """The newest change's position: a reader that starts here misses nothing after it."""

@@ -5,6 +5,8 @@ counts the hit and returns the entry). Every write, deletion and expiry is appen
 feed (a Redis Stream, `adapters/redis_feed.py`) by the same Lua script that changes the entry, so
 the feed never misses a change and never reports one that did not happen. Entries with a TTL are
 also listed in a sorted set by deadline, from which `sweep_expired` reports expiries to the feed.
+Each namespace lists its entries in a sorted set of its own, by deadline too, kept by the same
+scripts: a tenant's admin calls count and page its own entries without reading anyone else's.
 While Redis is unreachable, a circuit breaker (`adapters/redis_breaker.py`) makes every call fail at
 once with StoreUnavailable instead of waiting for the Redis timeout.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -25,7 +28,7 @@ import numpy.typing as npt
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, OutOfMemoryError, RedisError, ResponseError
 
 from semcache_server.adapters.redis_breaker import RedisBreaker
 from semcache_server.core.admin import Counts, Listed
@@ -61,9 +64,10 @@ _FIELDS = (
 # Counting the hit and reading the entry in one atomic round trip; HINCRBY alone would
 # resurrect an expired entry as a hash holding nothing but a count.
 # The remaining time to live comes last, in ms (-1: none), for copies kept in memory.
+# pcall: a full Redis (maxmemory, noeviction) refuses the count, not the hit.
 _FETCH_HIT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return false end
-redis.call('HINCRBY', KEYS[1], 'hits', 1)
+redis.pcall('HINCRBY', KEYS[1], 'hits', 1)
 local values = redis.call('HMGET', KEYS[1], unpack(ARGV))
 values[#values + 1] = redis.call('PTTL', KEYS[1])
 return values
@@ -72,6 +76,8 @@ return values
 # Lua scripts run atomically: the entry, the expiry schedule, the feed's sequence number and its
 # stream change together or not at all. The sequence number lets a reader notice a gap (a trimmed
 # stream, a flushed or restored Redis). TIME makes deadlines the server's, not each replica's.
+# KEYS[5], the namespace's listing, drops the entries Redis has expired since (their deadline is
+# past) as it takes this one: a namespace's listing holds no more than it once stored.
 _PUT = """
 redis.replicate_commands()
 local ttl = tonumber(ARGV[2])
@@ -79,21 +85,30 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('HSETNX', KEYS[1], 'hits', 0)
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local deadline = '+inf'
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[1], ttl)
   redis.call('ZADD', KEYS[4], now_ms + ttl, ARGV[1])
+  deadline = now_ms + ttl
 else
   redis.call('PERSIST', KEYS[1])
   redis.call('ZREM', KEYS[4], ARGV[1])
 end
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', '(' .. now_ms)
+redis.call('ZADD', KEYS[5], deadline, ARGV[1])
 local seq = redis.call('INCR', KEYS[3])
 return redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'op', 'put', 'id', ARGV[1],
   'partition', ARGV[4], 'model', ARGV[5], 'seq', seq, 'at', now_ms)
 """
 
+# The namespace comes from the entry itself (ARGV[3]: the listings' key prefix). On a full Redis
+# (noeviction) the script still finishes: Redis refuses a command that may grow memory (INCR,
+# XADD) only before a script's first write, and DEL comes first.
 _DELETE = """
 redis.replicate_commands()
 redis.call('ZREM', KEYS[4], ARGV[1])
+local namespace = redis.call('HGET', KEYS[1], 'namespace')
+if namespace then redis.call('ZREM', ARGV[3] .. namespace, ARGV[1]) end
 if redis.call('DEL', KEYS[1]) == 0 then return false end
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
@@ -135,6 +150,37 @@ return 0
 _RECORD_HIT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 return redis.call('HINCRBY', KEYS[1], 'hits', tonumber(ARGV[1] or 1))
+"""
+
+# A namespace's live entries: its listing, less what Redis has expired (deadline past) and the
+# sweep, which cannot tell an expired entry's namespace, left behind.
+_COUNT_LISTED = """
+redis.replicate_commands()
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. now_ms)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+# Lists entries stored before namespaces had listings (KEYS: entry hashes; ARGV[1]: the listings'
+# key prefix, ARGV[2]: the entries'). Atomic for each entry, as _DELETE is, so an entry deleted
+# meanwhile is never listed again; one listed already is left alone (no write: a full Redis
+# refuses none).
+_LIST_EXISTING = """
+redis.replicate_commands()
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+for _, key in ipairs(KEYS) do
+  local namespace = redis.call('HGET', key, 'namespace')
+  local id = string.sub(key, #ARGV[2] + 1)
+  if namespace and not redis.call('ZSCORE', ARGV[1] .. namespace, id) then
+    local ttl = redis.call('PTTL', key)
+    local deadline = '+inf'
+    if ttl >= 0 then deadline = now_ms + ttl end
+    redis.call('ZADD', ARGV[1] .. namespace, deadline, id)
+  end
+end
+return #KEYS
 """
 
 P = ParamSpec("P")
@@ -179,6 +225,35 @@ def persistence_advice(appendonly: str, save: str) -> tuple[int, str] | None:
         f"Redis persists by RDB snapshots only (save {save}): a crash loses the answers stored "
         "since the last snapshot; appendonly yes with appendfsync everysec loses at most a second",
     )
+
+
+def memory_policy_advice(policy: str) -> str | None:
+    """A warning for an eviction policy that may drop what the cache must keep; None for
+    noeviction, or when the policy is unknown (README: Redis memory)."""
+    if policy.strip().lower() in ("", "noeviction"):
+        return None
+    return (
+        f"Redis evicts keys when full (maxmemory-policy {policy}): it may drop the change feed, "
+        "its counters or the claims, and no replica hears of an evicted entry; give it "
+        "maxmemory-policy noeviction"
+    )
+
+
+MAX_CURSOR = 2**64 - 1
+"""Redis's cursors are unsigned 64-bit numbers."""
+_CURSOR = re.compile(r"[1-9][0-9]{0,19}")
+
+
+def _cursor(token: str) -> int:
+    """A page token as the catalogue gives them out: "" to start, else a cursor in plain ASCII
+    decimal; nothing else reaches Redis (a huge one would fail there as an error of Redis's)."""
+    if not token:
+        return 0
+    if not _CURSOR.fullmatch(token) or int(token) > MAX_CURSOR:
+        raise InvalidRequest(
+            "page_token", "is not one this server gave out: pass next_page_token as it came"
+        )
+    return int(token)
 
 
 DEFAULT_FEED_MAX_LEN = 1_000_000
@@ -231,6 +306,16 @@ class KeyLayout:
         """Entries with a TTL, scored by their deadline in ms."""
         return f"{self.prefix}expiries"
 
+    def listing(self, namespace: str) -> str:
+        """A namespace's entry ids, scored by their deadline in ms (+inf: none)."""
+        return f"{self.prefix}listing:{namespace}"
+
+    @property
+    def listings_complete(self) -> str:
+        """Set once every entry is in its namespace's listing; gone from an older semcache's
+        Redis, and from a flushed one, so the listings are then built again."""
+        return f"{self.prefix}listings:complete"
+
 
 class RedisEntryStore:
     def __init__(
@@ -254,6 +339,8 @@ class RedisEntryStore:
         self._record_hit = client.register_script(_RECORD_HIT)
         self._put = client.register_script(_PUT)
         self._delete = client.register_script(_DELETE)
+        self._count_listed = client.register_script(_COUNT_LISTED)
+        self._list_existing = client.register_script(_LIST_EXISTING)
         self._sweep_expired = client.register_script(_SWEEP_EXPIRED)
         self._claim = client.register_script(_CLAIM)
         self._release_claim = client.register_script(_RELEASE_CLAIM)
@@ -301,6 +388,10 @@ class RedisEntryStore:
             values = await self._redis.evalsha(self._fetch_hit.sha, 1, key, *_FIELDS)
         except NoScriptError:
             values = await self._fetch_hit(keys=[key], args=list(_FIELDS))
+        except ResponseError as error:
+            if not isinstance(error, OutOfMemoryError) and "OOM" not in str(error):
+                raise
+            return await self.fetch_with_ttl(entry_id)  # a full Redis that refused the script
         if not values:
             return None, None
         ttl_ms = int(values[-1])
@@ -390,7 +481,7 @@ class RedisEntryStore:
         fields: list[str | bytes] = [item for pair in mapping.items() for item in pair]
         ttl_ms = max(1, int(ttl_seconds * 1000)) if ttl_seconds else 0
         await self._put(
-            keys=self._feed_keys(entry.entry_id),
+            keys=[*self._feed_keys(entry.entry_id), self.layout.listing(entry.namespace)],
             args=[
                 entry.entry_id,
                 ttl_ms,
@@ -450,21 +541,31 @@ class RedisEntryStore:
     async def delete(self, entry_id: str) -> bool:
         """False when there was no such entry; a deletion reaches every replica by the feed."""
         reported = await self._delete(
-            keys=self._feed_keys(entry_id), args=[entry_id, self._feed_max_len]
+            keys=self._feed_keys(entry_id),
+            args=[entry_id, self._feed_max_len, self.layout.listing("")],
         )
         return reported is not None
 
     # --- the catalogue: the store seen whole, for admin calls (core/admin.py) -------------
 
     async def scan(self, namespace: str | None) -> AsyncIterator[Listed]:
-        """Every entry of namespace (None: all), without its text: SCAN, then one pipelined
-        HMGET and PTTL a batch of 1,000."""
+        """Every entry of namespace (None: all), without its text: batches of 1,000 ids from the
+        namespace's listing (or a SCAN of every entry), each read in one pipelined round trip."""
         self.breaker.check()
         try:
-            async for keys in self._scan_batches():
-                for listed in await self._listed(keys):
-                    if namespace is None or listed.entry.namespace == namespace:
+            if namespace is None:
+                async for keys in self._scan_batches():
+                    for listed in await self._listed(self._ids(keys)):
                         yield listed
+                return
+            await self._complete_listings()
+            cursor = 0
+            while True:
+                cursor, ids = await self._listing_step(namespace, cursor, 1000)
+                for listed in await self._listed(ids):
+                    yield listed
+                if cursor == 0:
+                    return
         except (RedisError, OSError) as error:
             self.breaker.failed(error)
             raise StoreUnavailable(f"Redis: {error or type(error).__name__}") from None
@@ -473,44 +574,77 @@ class RedisEntryStore:
     async def page(
         self, namespace: str | None, cursor: str, count: int
     ) -> tuple[list[Listed], str]:
-        """One SCAN step of about count keys (Redis's cursor, so a page may hold fewer, or none,
-        of namespace's entries; the listing ends when the cursor returns "")."""
-        try:
-            position = int(cursor or "0")
-        except ValueError:
-            raise InvalidRequest("page_token", "is not one this server gave out") from None
-        position, keys = await self._redis.scan(position, match=self._key("*"), count=count)
-        listed = [
-            item
-            for item in await self._listed(cast(list[bytes], keys))
-            if namespace is None or item.entry.namespace == namespace
-        ]
-        return listed, str(position) if position else ""
+        """One step of about count entries through namespace's listing (ZSCAN), or through every
+        entry (SCAN) for None. A cursor of Redis's, so a page may hold fewer (an entry gone
+        since), and the listing ends when the next cursor is ""."""
+        position = _cursor(cursor)
+        if namespace is None:
+            position, keys = await self._redis.scan(position, match=self._key("*"), count=count)
+            ids = self._ids(cast(list[bytes], keys))
+        else:
+            await self._complete_listings()
+            position, ids = await self._listing_step(namespace, position, count)
+        return await self._listed(ids), str(position) if position else ""
 
-    async def _listed(self, keys: list[bytes]) -> list[Listed]:
-        fields = [name for name in _FIELDS if name != "text"]
+    @_unavailable_on_redis_error
+    async def count(self, namespace: str | None) -> int:
+        """Entries stored now: namespace's listing, or every entry key (SCAN) for None."""
+        if namespace is None:
+            return sum([len(keys) async for keys in self._scan_batches()])
+        await self._complete_listings()
+        return int(await self._count_listed(keys=[self.layout.listing(namespace)]))
+
+    async def _listing_step(self, namespace: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One ZSCAN step: a cursor as SCAN's (an entry listed throughout is reached once at
+        least), and about count ids."""
+        cursor, pairs = await self._redis.zscan(self.layout.listing(namespace), cursor, count=count)
+        return int(cursor), [_text(cast(bytes, member)) for member, _ in pairs]
+
+    async def _complete_listings(self) -> None:
+        """List every entry in its namespace's listing, once per Redis: the entries an older
+        semcache stored before listings existed (they are read by SCAN, all of them, so the
+        first such admin call takes seconds at a million entries); a flushed Redis loses the
+        mark too and is listed again."""
+        if await self._redis.exists(self.layout.listings_complete):
+            return
+        args = [self.layout.listing(""), self._key("")]
+        async for keys in self._scan_batches():
+            await self._list_existing(keys=keys, args=args)
+        try:
+            await self._redis.set(self.layout.listings_complete, "1")
+        except ResponseError as error:  # a full Redis: listed all the same, marked next time
+            log.debug("cannot mark the listings complete: %s", error)
+            return
+        log.info("every entry is listed in its namespace's listing now")
+
+    def _ids(self, keys: list[bytes]) -> list[str]:
+        prefix = len(self._key(""))
+        return [key.decode()[prefix:] for key in keys]
+
+    async def _listed(self, ids: list[str], *, with_text: bool = False) -> list[Listed]:
+        """The entries and their deadlines, in one round trip, skipping those gone meanwhile.
+        A plain pipeline, not MULTI: a full Redis refuses every command of a transaction."""
+        fields = [name for name in _FIELDS if with_text or name != "text"]
         async with self._redis.pipeline(transaction=False) as pipeline:
-            for key in keys:
-                pipeline.hmget(key, fields)
-                pipeline.pttl(key)
+            for entry_id in ids:
+                pipeline.hmget(self._key(entry_id), fields)
+                pipeline.pttl(self._key(entry_id))
             replies = await pipeline.execute()
         now = time.time()
-        prefix = len(self._key(""))
         listed = []
-        for index, key in enumerate(keys):
+        for index, entry_id in enumerate(ids):
             values, ttl_ms = replies[2 * index], int(replies[2 * index + 1])
-            if values[0] is None:
-                continue  # gone since the SCAN
+            if values[0] is None or ttl_ms == -2:
+                continue  # gone, or expired between the two reads
             row = dict(zip(fields, values, strict=True))
-            entry = self._entry(key.decode()[prefix:], [row.get(name) for name in _FIELDS])
+            entry = self._entry(entry_id, [row.get(name) for name in _FIELDS])
             listed.append(Listed(entry, now + ttl_ms / 1000 if ttl_ms >= 0 else None))
         return listed
 
+    @_unavailable_on_redis_error
     async def get(self, entry_id: str) -> Listed | None:
-        entry, ttl_ms = await self.fetch_with_ttl(entry_id)
-        if entry is None:
-            return None
-        return Listed(entry, time.time() + ttl_ms / 1000 if ttl_ms is not None else None)
+        found = await self._listed([entry_id], with_text=True)
+        return found[0] if found else None
 
     @_unavailable_on_redis_error
     async def counts(self, namespace: str | None) -> Counts:
@@ -574,6 +708,19 @@ class RedisEntryStore:
         if advice is not None:
             level, message = advice
             log.log(level, "%s", message)
+
+    async def check_memory_policy(self) -> None:
+        """Warn when this Redis may evict keys the cache must keep (memory_policy_advice); a
+        Redis that does not answer CONFIG GET or is down is not judged."""
+        try:
+            config = cast(dict[Any, Any], await self._redis.config_get("maxmemory-policy"))
+        except (RedisError, OSError) as error:
+            log.debug("cannot read Redis's maxmemory-policy: %s", error)
+            return
+        policy = next(iter(config.values()), b"")
+        advice = memory_policy_advice(policy.decode() if isinstance(policy, bytes) else policy)
+        if advice is not None:
+            log.warning("%s", advice)
 
     async def aclose(self) -> None:
         await self.breaker.aclose()

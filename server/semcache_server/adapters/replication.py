@@ -4,7 +4,9 @@ Start-up loads the newest index snapshot (when it belongs to this Redis and this
 replays the change feed from the position the snapshot covers; without one, it reads every entry
 once. Then it follows the feed: a put anywhere is in this index within one blocking read (half a
 second at most, milliseconds in practice), and so is a deletion or an expiry. A lost connection
-resumes from the last change applied; a gap (a trimmed feed, a flushed Redis) rebuilds. Snapshots
+resumes from the last change applied; a gap (a trimmed feed, a flushed Redis) rebuilds, and so
+does a flushed or restored Redis found by `RedisFeed.verify` whenever a read returns no change
+(every `block_seconds` while nothing is written), without waiting for a write. Snapshots
 are written periodically and at shutdown, by the task that applies the feed, so a snapshot and its
 position always agree.
 """
@@ -250,6 +252,8 @@ class IndexReplica:
                 changes = await self._feed.read(
                     self.position, settings.block_seconds, settings.batch
                 )
+                if not changes:  # nothing written: was Redis flushed or restored meanwhile?
+                    await self._feed.verify(self._epoch, self.position)
                 if self._listener is not None:
                     for change in changes:
                         self._listener.forget(change.entry_id)
@@ -263,6 +267,8 @@ class IndexReplica:
             except FeedGap as gap:
                 log.warning("the change feed has a gap (%s): rebuilding the index", gap)
                 self._rebuild_needed = True
+                if self._listener is not None:
+                    self._listener.clear()  # at once: the rebuild may take minutes
             except StoreUnavailable as error:
                 # redis-py's read timeout can swallow a cancellation that races with it
                 # (Python 3.11's asyncio.timeout), so a stop is checked here too.

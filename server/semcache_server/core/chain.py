@@ -289,26 +289,53 @@ class CacheChain:
         """Across replicas, a claim in Redis says that one of them is generating this answer: the
         others wait (a bounded time) for the stored entry instead of asking the LLM again. A
         refresh (skip_lookup) always asks the LLM."""
-        claimed, stored_elsewhere = (
-            (True, None) if control.skip_lookup else await self._claim_or_wait(flight, entry_id)
-        )
+        try:
+            claimed, stored_elsewhere = (
+                (True, None) if control.skip_lookup else await self._claim_or_wait(flight, entry_id)
+            )
+        except asyncio.CancelledError:
+            # The claim may have been taken in Redis as the reply was lost to the cancellation.
+            await self._exact.release_claim(entry_id, self._token)
+            raise
+        if flight.abandoned:  # its cancellation was swallowed on the way
+            if claimed and not control.skip_lookup:
+                await self._exact.release_claim(entry_id, self._token)
+            raise asyncio.CancelledError
         if stored_elsewhere is not None:
             flight.append(stored_elsewhere)
             return Landing(stored=False, finish=LLMFinish(FinishReason.STOP))
         held = claimed and not control.skip_lookup
-        renewal = asyncio.create_task(self._renew_claim(entry_id)) if held else None
+        landed = asyncio.Event()
+        renewal = (
+            asyncio.create_task(self._renew_claim(entry_id, landed), name="semcache-claim")
+            if held
+            else None
+        )
         try:
             return await self._generate(flight, query, control, entry_id, semantic)
         finally:
+            landed.set()
             if renewal is not None:
-                renewal.cancel()
+                # Its renewal under way, if any, ends first: one that reached Redis after the
+                # release would take the claim again.
+                await asyncio.wait({renewal})
             if held:
                 await self._exact.release_claim(entry_id, self._token)
 
-    async def _renew_claim(self, entry_id: str) -> None:
+    async def _renew_claim(self, entry_id: str, landed: asyncio.Event) -> None:
+        """Renew the claim every third of a lease until the flight has landed. Stopped by the
+        event, never by cancelling it: redis-py often completes a command and swallows the
+        cancellation, and a renewal loop that survived its flight held the claim for good. Bound
+        by the longest a flight may generate, in case the event is never set."""
         lease = self._settings.claim_lease_seconds
-        while True:
-            await asyncio.sleep(lease / 3)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self._settings.max_generation_seconds + lease
+        while loop.time() < until:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(lease / 3):
+                    await landed.wait()
+            if landed.is_set():
+                return
             await self._exact.claim(entry_id, self._token, lease)
 
     async def _claim_or_wait(self, flight: Flight, entry_id: str) -> tuple[bool, str | None]:
@@ -321,7 +348,7 @@ class CacheChain:
         flight.remote = True
         flight.departed.set()  # no request of ours to let leave first
         deadline = time.monotonic() + self._settings.claim_seconds
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not flight.abandoned:
             await asyncio.sleep(self._settings.claim_poll_seconds)
             entry = await self._exact.lookup(entry_id)
             if entry is not None:

@@ -70,6 +70,12 @@ class Flight:
         return self._riders
 
     @property
+    def abandoned(self) -> bool:
+        """Every rider has left. Read by the flight's own work: the cancellation this sends may
+        be swallowed by a library call under way (redis-py completes the command)."""
+        return self._abandoned
+
+    @property
     def boardable(self) -> bool:
         """False once the last rider left (its call is being cancelled) or the call ended in
         failure: a newcomer launches a flight of its own."""
