@@ -10,11 +10,13 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
+import redis
 from click.testing import CliRunner
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_server import cli
 from semcache_server.adapters.embedders.local import LocalEmbedder
+from semcache_server.adapters.redis_store import KeyLayout
 from semcache_server.core.ports import Verifier
 from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
@@ -200,3 +202,100 @@ async def test_semcache_stats_and_invalidate_commands(semcache: Running) -> None
     )
     assert gone.exit_code == 0 and "removed 1 entries" in gone.output
     assert (await semcache.stub.Ask(ask(PROMPTS[1]), timeout=10)).source == pb.SOURCE_LLM
+
+
+# ---------------------------------------------------------------- figures of one namespace only
+
+
+async def store_as(running: Running, tenant_key: str, prompts: list[str]) -> list[str]:
+    ids = []
+    for prompt in prompts:
+        answer = await running.stub.Ask(ask(prompt), metadata=key(tenant_key), timeout=10)
+        assert answer.stored
+        ids.append(answer.entry_id)
+    return ids
+
+
+@pytest.mark.asyncio
+async def test_a_tenants_stats_do_not_move_when_another_tenant_stores(
+    admin_setup: tuple[Running, pb_grpc.CacheAdminServiceStub],
+) -> None:
+    running, admin = admin_setup
+    alice = key(ALICE_KEY)
+    await store_as(running, ALICE_KEY, PROMPTS[:2])
+    before = await admin.GetStats(pb.GetStatsRequest(), metadata=alice, timeout=10)
+
+    await store_as(running, BOB_KEY, [f"Bob's question number {n}?" for n in range(5)])
+    after = await admin.GetStats(pb.GetStatsRequest(), metadata=alice, timeout=10)
+
+    assert before.entries == after.entries == 2
+    assert (after.index_entries, after.redis_memory_bytes) == (0, 0)  # replica-wide figures
+    whole = await admin.GetStats(pb.GetStatsRequest(), metadata=key(OPERATOR_KEY), timeout=10)
+    assert whole.entries == 7 and whole.index_entries == 7 and whole.redis_memory_bytes > 0
+    bobs = await admin.GetStats(
+        pb.GetStatsRequest(tenant="bob"), metadata=key(OPERATOR_KEY), timeout=10
+    )
+    assert bobs.entries == 5
+
+
+@pytest.mark.asyncio
+async def test_a_tenants_listing_pages_its_own_entries_however_many_others_have(
+    admin_setup: tuple[Running, pb_grpc.CacheAdminServiceStub],
+) -> None:
+    running, admin = admin_setup
+    alices = await store_as(running, ALICE_KEY, PROMPTS[:2])
+    await store_as(running, BOB_KEY, [f"Bob's question number {n}?" for n in range(60)])
+
+    for metadata, tenant in ((key(ALICE_KEY), ""), (key(OPERATOR_KEY), "alice")):
+        page = await admin.ListEntries(
+            pb.ListEntriesRequest(page_size=5, tenant=tenant), metadata=metadata, timeout=10
+        )
+        assert {entry.entry_id for entry in page.entries} == set(alices)
+        assert page.next_page_token == ""  # no trail of empty pages the size of bob's cache
+
+
+@pytest.mark.asyncio
+async def test_entries_stored_before_namespaces_had_listings_are_counted_and_listed(
+    admin_setup: tuple[Running, pb_grpc.CacheAdminServiceStub],
+) -> None:
+    """A Redis filled by an older semcache: its entries, and nothing else, in the namespace's
+    figures from the first admin call on."""
+    running, admin = admin_setup
+    alices = await store_as(running, ALICE_KEY, PROMPTS)
+    await store_as(running, BOB_KEY, PROMPTS[:1])
+    layout = KeyLayout()
+    with redis.Redis.from_url(running.settings.redis_url or "") as client:
+        listings = list(client.scan_iter(layout.listing("*")))
+        assert listings
+        client.delete(*listings, layout.listings_complete)
+
+    stats = await admin.GetStats(pb.GetStatsRequest(), metadata=key(ALICE_KEY), timeout=10)
+    assert stats.entries == 3
+    assert await listed_ids(admin, key(ALICE_KEY)) == set(alices)
+    bobs = await admin.GetStats(pb.GetStatsRequest(), metadata=key(BOB_KEY), timeout=10)
+    assert bobs.entries == 1
+
+
+@pytest.mark.asyncio
+async def test_an_expired_entry_leaves_its_namespaces_figures(
+    admin_setup: tuple[Running, pb_grpc.CacheAdminServiceStub],
+) -> None:
+    running, admin = admin_setup
+    alice = key(ALICE_KEY)
+    kept = await store_as(running, ALICE_KEY, PROMPTS[:1])
+    short = ask(PROMPTS[1])
+    short.cache.ttl.FromMilliseconds(200)
+    brief = await running.stub.Ask(short, metadata=alice, timeout=10)
+    assert brief.stored
+    assert (await admin.GetStats(pb.GetStatsRequest(), metadata=alice, timeout=10)).entries == 2
+
+    while True:  # until Redis has expired it (the sweep may come later)
+        try:
+            await admin.GetEntry(pb.GetEntryRequest(entry_id=brief.entry_id), metadata=alice)
+        except grpc.aio.AioRpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+            break
+        await asyncio.sleep(0.05)
+
+    assert (await admin.GetStats(pb.GetStatsRequest(), metadata=alice, timeout=10)).entries == 1
+    assert await listed_ids(admin, alice) == set(kept)

@@ -223,7 +223,8 @@ class CacheAdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListEntries(self, request, context):
-        """ListEntries pages through the entries, in no promised order.
+        """ListEntries pages through the entries, in no promised order; a tenant's pages hold its own
+        entries only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

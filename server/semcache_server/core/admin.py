@@ -1,21 +1,28 @@
 """What operators and tenants may do to the cache's contents: look, count, purge (issue #13).
 
 Every call has a scope: one namespace (a tenant's call reaches its own entries only) or all of them
-(an operator's). Deletions go through the store's change feed, so every replica's index and hot
-entries drop them. Invalidations scan the entries: O(entries), meant for operators, not requests.
+(an operator's). A namespace's figures and pages come from its own entries only: another tenant's
+cannot change them, not even by their number. Deletions go through the store's change feed, so
+every replica's index and hot entries drop them. Invalidations scan the entries: O(entries), meant
+for operators, not requests.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Protocol
 
 from semcache_server.core import keys
 from semcache_server.core.domain import CachedEntry, InvalidRequest, Source
+from semcache_server.core.validation import is_blank
 
 MAX_PAGE = 500
 DEFAULT_PAGE = 50
+ENTRY_ID = re.compile(r"[0-9a-f]{32}")
+"""What `keys.entry_id` makes; anything else is a caller's mistake, not an absent entry."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,9 @@ class Stats:
     entries: int
     counts: Counts
     index_entries: int
+    """This replica's index, every namespace: 0 in one namespace's figures."""
     redis_memory_bytes: int
+    """Everything Redis holds: 0 in one namespace's figures."""
 
     @property
     def hits(self) -> int:
@@ -83,13 +92,20 @@ class EntryCatalog(Protocol):
     """The store seen whole, for admin calls; every failure raises StoreUnavailable."""
 
     def scan(self, namespace: str | None) -> AsyncIterator[Listed]:
-        """Every entry (of one namespace, or all), without its text."""
+        """Every entry (of one namespace, read without reading others', or all), without its
+        text."""
         ...
 
     async def page(
         self, namespace: str | None, cursor: str, count: int
     ) -> tuple[list[Listed], str]:
-        """About count entries from cursor ("" to start), and the next cursor ("" at the end)."""
+        """About count entries from cursor ("" to start), and the next cursor ("" at the end);
+        a namespace's pages hold its entries only, however many others there are. A cursor this
+        catalogue did not give out raises InvalidRequest."""
+        ...
+
+    async def count(self, namespace: str | None) -> int:
+        """The entries stored now (of one namespace, counted without reading others', or all)."""
         ...
 
     async def get(self, entry_id: str) -> Listed | None: ...
@@ -108,8 +124,13 @@ class PromptSelector:
     prompt: str
     model: str = ""
 
+    @cached_property
+    def _normalised(self) -> str:
+        """Once, not once an entry: the prompt may be long."""
+        return keys.normalise_prompt(self.prompt)
+
     def matches(self, entry: CachedEntry) -> bool:
-        return keys.normalise_prompt(entry.prompt) == keys.normalise_prompt(self.prompt) and (
+        return keys.normalise_prompt(entry.prompt) == self._normalised and (
             not self.model or entry.model == self.model
         )
 
@@ -147,6 +168,10 @@ class CacheAdmin:
 
     async def get(self, scope: Scope, entry_id: str) -> Listed | None:
         """None also when the entry is out of scope: a tenant cannot learn another's ids."""
+        if not ENTRY_ID.fullmatch(entry_id):
+            raise InvalidRequest(
+                "entry_id", "is not an entry id: 32 hexadecimal digits, as Ask returns them"
+            )
         listed = await self._catalog.get(entry_id)
         return listed if listed is not None and scope.reaches(listed.entry) else None
 
@@ -156,8 +181,8 @@ class CacheAdmin:
         return await self._catalog.delete(entry_id)
 
     async def invalidate(self, scope: Scope, selector: Selector) -> int:
-        if isinstance(selector, PromptSelector) and not selector.prompt.strip():
-            raise InvalidRequest("prompt.prompt", "must not be empty")
+        if isinstance(selector, PromptSelector) and is_blank(selector.prompt):
+            raise InvalidRequest("prompt.prompt", "must not be empty or blank")
         matching = [
             listed.entry.entry_id
             async for listed in self._catalog.scan(scope.namespace)
@@ -175,12 +200,18 @@ class CacheAdmin:
         return [item for item in listed if scope.reaches(item.entry)], token
 
     async def stats(self, scope: Scope) -> Stats:
-        entries = 0
-        async for listed in self._catalog.scan(scope.namespace):
-            entries += scope.reaches(listed.entry)
+        """The figures of the scope only: a namespace's leave out the index and Redis's memory,
+        which every namespace fills (one tenant would watch another's entries arrive)."""
+        if scope.owner is None:
+            entries = await self._catalog.count(scope.namespace)
+        else:
+            entries = 0
+            async for listed in self._catalog.scan(scope.namespace):
+                entries += scope.reaches(listed.entry)
+        whole = scope.namespace is None
         return Stats(
             entries=entries,
             counts=await self._catalog.counts(scope.namespace),
-            index_entries=self._index_size(),
-            redis_memory_bytes=await self._catalog.memory_bytes(),
+            index_entries=self._index_size() if whole else 0,
+            redis_memory_bytes=await self._catalog.memory_bytes() if whole else 0,
         )

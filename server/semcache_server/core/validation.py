@@ -8,6 +8,7 @@ embeds, stores or forwards any of it. The limits an operator may tune come from
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass
 
 from semcache_server.core.domain import CacheControl, InvalidRequest, Query
@@ -25,6 +26,24 @@ MAX_TTL_SECONDS = 10 * 365 * 24 * 3600
 """An entry that should outlive ten years should not expire at all: leave ttl unset."""
 MAX_TOKENS = 131_072
 """The largest context windows of today's Ollama models; more is never generated."""
+
+
+_INVISIBLE_CATEGORIES = frozenset({"Zs", "Zl", "Zp", "Cc", "Cf", "Cs", "Mn", "Mc", "Me"})
+"""Separators, controls, format characters (U+200B zero-width space, U+FEFF, U+2060, bidi
+marks) and combining marks, which show nothing without a character to mark."""
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+"""Fillers filed as letters or symbols that render as nothing (Hangul fillers, the blank Braille
+pattern)."""
+
+
+def is_blank(text: str) -> bool:
+    """Whether text shows nothing: an LLM gets no question from it, and one stored answer would
+    be served for every such prompt. Unassigned code points count as visible: a newer Unicode
+    than Python's may have given them a glyph."""
+    return all(
+        char in _INVISIBLE_LETTERS or unicodedata.category(char) in _INVISIBLE_CATEGORIES
+        for char in text
+    )
 
 
 @dataclass(frozen=True)
@@ -79,9 +98,12 @@ def _check_fraction(name: str, value: float | None, *, low_open: bool = False) -
 
 def validate(query: Query, control: CacheControl, limits: Limits) -> None:
     """The whole request, before any work: the first field out of bounds is named."""
+    # Whitespace first (fast), the length, then every character (a few ms at the limit).
     if not query.prompt.strip():
         raise InvalidRequest("prompt", "must not be empty or blank")
     _check_length("prompt", query.prompt, limits.max_prompt_chars)
+    if is_blank(query.prompt):
+        raise InvalidRequest("prompt", "must not be empty or blank: it shows no character")
     if not query.model.strip():
         raise InvalidRequest("model", 'is required: name the Ollama model, such as "llama3.2"')
     _check_length("model", query.model, limits.max_model_chars)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from semcache.v1 import semcache_pb2 as pb
 
@@ -40,7 +41,7 @@ from semcache_server.core.validation import Limits, check_counts
 
 log = logging.getLogger(__name__)
 
-RequestT = TypeVar("RequestT", pb.AskRequest, pb.AskStreamRequest)
+RequestT = TypeVar("RequestT", bound=Message)
 
 
 @dataclass(frozen=True)
@@ -119,17 +120,7 @@ def request_to_domain(
     """The request as the core sees it; bytes that did not parse, and repeated fields past their
     limits, are refused before anything is converted (the core checks the rest)."""
     if isinstance(request, MalformedRequest):
-        # Logged here, once the caller is known (authentication comes first), not in the parser.
-        log.warning(
-            "refused a malformed %s of %d bytes: %s",
-            request.message_type,
-            request.size,
-            excerpt(request.problem, 200),
-        )
-        raise InvalidRequest(
-            "request",
-            f"is not a valid {request.message_type} message; build it from semcache.proto",
-        )
+        raise refusal(request)
     check_counts(limits, len(request.history), len(request.options.stop))
     query = Query(
         prompt=request.prompt,
@@ -148,14 +139,51 @@ def request_to_domain(
             cache.similarity_threshold if cache.HasField("similarity_threshold") else None
         ),
         semantic_with_history=cache.semantic_with_history,
-        max_age_seconds=_seconds(cache.max_age) if cache.HasField("max_age") else None,
-        ttl_seconds=_seconds(cache.ttl) if cache.HasField("ttl") else None,
+        max_age_seconds=(
+            _seconds("cache.max_age", cache.max_age) if cache.HasField("max_age") else None
+        ),
+        ttl_seconds=_seconds("cache.ttl", cache.ttl) if cache.HasField("ttl") else None,
     )
     return query, control
 
 
-def _seconds(duration: Duration) -> float:
-    return duration.seconds + duration.nanos / 1e9
+def refusal(request: MalformedRequest) -> InvalidRequest:
+    """The error for bytes that did not parse, logged here, once the caller is known
+    (authentication comes first), not in the parser."""
+    log.warning(
+        "refused a malformed %s of %d bytes: %s",
+        request.message_type,
+        request.size,
+        excerpt(request.problem, 200),
+    )
+    return InvalidRequest(
+        "request", f"is not a valid {request.message_type} message; build it from semcache.proto"
+    )
+
+
+MAX_DURATION_SECONDS = 315_576_000_000
+"""The range google/protobuf/duration.proto gives a Duration: about 10,000 years either way."""
+MAX_DURATION_NANOS = 999_999_999
+
+
+def _seconds(field_name: str, duration: Duration) -> float:
+    """A Duration as duration.proto defines it, else InvalidRequest naming the field: protobuf
+    parses any seconds and nanos, and 1 s with -0.5e9 nanos or 1e9 nanos would mean one thing
+    here and another, or an error, to other readers of the same request."""
+    seconds, nanos = duration.seconds, duration.nanos
+    if (
+        abs(seconds) > MAX_DURATION_SECONDS
+        or abs(nanos) > MAX_DURATION_NANOS
+        or (seconds > 0 > nanos)
+        or (seconds < 0 < nanos)
+    ):
+        raise InvalidRequest(
+            field_name,
+            f"is not a valid Duration (seconds {seconds}, nanos {nanos}): nanos must be within "
+            f"±{MAX_DURATION_NANOS:,} and of the sign of seconds, seconds within "
+            f"±{MAX_DURATION_SECONDS:,}",
+        )
+    return seconds + nanos / 1e9
 
 
 def _duration(seconds: float) -> Duration:

@@ -24,6 +24,7 @@ from semcache_server.core.domain import (
     ModelNotFound,
     Origin,
     Overloaded,
+    StoreUnavailable,
     Unauthenticated,
     excerpt,
 )
@@ -43,6 +44,7 @@ _STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (GenerationTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 MAX_MESSAGE_CHARS = 300
 """gRPC sends the message in a header (8 KB by default, percent-encoded): past it the call
@@ -54,15 +56,24 @@ async def abort_with_status(context: grpc.aio.ServicerContext, error: Exception)
     """The one place where domain errors become statuses."""
     for error_type, code in _STATUS_OF:
         if isinstance(error, error_type):
-            message = (
-                "the deadline passed before the answer was complete; nothing was stored"
-                if isinstance(error, TimeoutError)
-                else str(error)
-            )
-            await context.abort(code, excerpt(message, MAX_MESSAGE_CHARS))
+            await context.abort(code, excerpt(_message(error), MAX_MESSAGE_CHARS))
     log.exception("unexpected error", exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
     raise AssertionError("context.abort returned")
+
+
+def _message(error: Exception) -> str:
+    if isinstance(error, TimeoutError):
+        return "the deadline passed before the answer was complete; nothing was stored"
+    if isinstance(error, StoreUnavailable):
+        # Only calls that need Redis itself (the admin service's) fail on it; Ask fails open.
+        # Redis's words name its address, so they go to the log only.
+        log.warning("a call failed on Redis: %s", error)
+        return (
+            "the cache's Redis is unreachable or refused the call (it may be down, or full "
+            "at its maxmemory); retry later, and see the server log for what Redis said"
+        )
+    return str(error)
 
 
 DEADLINE_MARGIN = 0.02
