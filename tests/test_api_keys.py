@@ -1,16 +1,28 @@
-"""The keys file: what a line may say, and errors that name the line but never the key on it."""
+"""The keys file: what a line may say, errors that name the line but never the key on it, and a
+file without a key, which never locks every caller out."""
 
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from click.testing import CliRunner
+from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_server import cli
 from semcache_server.edge.auth import ApiKeys, KeysFileError, bearer_key, parse_keys
+from semcache_server.testing.ollama_protocol import FakeOllama
+from semcache_server.testing.redis_process import RedisProcess
+from semcache_server.testing.serve_process import ServeProcess
+
+from tests.test_ask import ask
+from tests.test_port_sharing import serve_until_it_exits
 
 KEY = "k3y-of-sixteen-plus-chars"
+NO_KEY = "no key in the file"
 
 
 def test_plain_and_digest_lines_name_their_tenants_and_comments_are_skipped() -> None:
@@ -58,3 +70,77 @@ def test_serve_with_an_unreadable_or_bad_keys_file_exits_saying_which(tmp_path: 
         )
         assert result.exit_code == 1
         assert str(path) in result.output and reason in result.output
+
+
+@pytest.fixture
+def keyed_server(
+    tmp_path: Path, redis_process: RedisProcess, ollama_server: FakeOllama
+) -> Iterator[tuple[ServeProcess, Path]]:
+    keys = tmp_path / "api-keys"
+    keys.write_text(f"team:{KEY}\n")
+    server = ServeProcess(
+        tmp_path / "state",
+        ollama_server.url,
+        ["--redis-url", redis_process.url, "--api-keys-file", str(keys)],
+    ).start()
+    yield server, keys
+    if server.running():
+        server.terminate()
+
+
+def test_a_keys_file_emptied_or_left_with_comments_keeps_the_keys_in_use_and_logs_an_error(
+    keyed_server: tuple[ServeProcess, Path],
+) -> None:
+    server, keys = keyed_server
+    with grpc.insecure_channel(server.target) as channel:
+        stub = pb_grpc.SemcacheServiceStub(channel)  # type: ignore[no-untyped-call]
+
+        def answered_with_the_key() -> bool:
+            """Raises UNAUTHENTICATED if the key no longer works."""
+            metadata = (("authorization", f"Bearer {KEY}"),)
+            return bool(stub.Ask(ask("Is the key still good?"), metadata=metadata, timeout=20).text)
+
+        assert answered_with_the_key()
+        for reported, text in enumerate(["", "# keys are being rotated\n\n"], start=1):
+            keys.write_text(text)
+            # The file is read again on a call, at most once a second: call until it was.
+            for _ in range(200):
+                assert answered_with_the_key()
+                if server.output.count(NO_KEY) == reported:
+                    break
+                time.sleep(0.05)
+            errors = [line for line in server.output.splitlines() if NO_KEY in line]
+            assert len(errors) == reported
+            assert " ERROR " in errors[-1] and str(keys) in errors[-1]
+            assert answered_with_the_key()
+
+
+@pytest.mark.parametrize(
+    ("flag", "text"),
+    [("--api-keys-file", ""), ("--api-keys-file", "# none yet\n"), ("--admin-keys-file", "\n")],
+    ids=["empty", "comments-only", "admin-empty"],
+)
+def test_serve_with_a_keys_file_without_a_key_refuses_to_start_in_one_line(
+    flag: str, text: str, tmp_path: Path, redis_process: RedisProcess, ollama: FakeOllama
+) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text(text)
+    code, stderr = serve_until_it_exits(
+        [
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--redis-url",
+            redis_process.url,
+            "--ollama-host",
+            ollama.url,
+            flag,
+            str(keys),
+        ]
+    )
+    assert code != 0 and "Traceback" not in stderr
+    # (Without --api-keys-file, a warning that calls are not authenticated comes first.)
+    assert stderr.splitlines()[-1] == (
+        f"Error: {flag} {keys}: {NO_KEY} (it is empty or holds only comments)"
+    )

@@ -5,12 +5,15 @@ and outages."""
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
+import psutil
 import pytest
 import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,6 +22,7 @@ from semcache.v1 import semcache_pb2_grpc
 from semcache_client import build_request
 from semcache_server.adapters.embedders.local import LocalEmbedder
 from semcache_server.core.ports import Verifier
+from semcache_server.edge.metrics import MAX_CONNECTIONS
 from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama, split_tokens
 from semcache_server.testing.redis_process import RedisProcess, free_port
 from semcache_server.testing.serve_process import ServeProcess
@@ -235,3 +239,52 @@ def test_semcache_serve_serves_them_on_the_port_its_environment_names(
     assert value(samples, requests, rpc="Ask", source="llm", status="OK") == 1
     assert value(samples, requests, rpc="Ask", source="exact", status="OK") == 1
     assert value(samples, "process_resident_memory_bytes") > 0
+
+
+def closed_by_the_server(connection: socket.socket, seconds: float) -> bool:
+    """Whether the server closes the connection within seconds (it never sends anything else)."""
+    readable, _, _ = select.select([connection], [], [], seconds)
+    if not readable:
+        return False
+    try:
+        return connection.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_past_the_cap_are_closed_and_scrapes_and_calls_go_on(
+    tmp_path: Path, redis_process: RedisProcess, ollama: FakeOllama
+) -> None:
+    port = free_port()
+    server = ServeProcess(
+        tmp_path / "state",
+        ollama.url,
+        ["--redis-url", redis_process.url, "--metrics-port", str(port)],
+    ).start()
+    past_the_cap = 40
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS + past_the_cap):
+            idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+        # Connections are taken in order: once a scrape is answered, every idle one was seen.
+        assert value(scrape_url(f"http://127.0.0.1:{port}/metrics"), "process_open_fds") > 0
+        held = sum(
+            1
+            for connection in psutil.Process(server.pid).net_connections(kind="tcp")
+            if connection.status == psutil.CONN_ESTABLISHED and connection.laddr.port == port
+        )
+        assert held <= MAX_CONNECTIONS
+
+        # The longest idle made room for the newer ones and for the scrape; the rest stay.
+        made_room = past_the_cap + 1
+        assert all(closed_by_the_server(c, seconds=10) for c in idle[:made_room])
+        assert not any(closed_by_the_server(c, seconds=0) for c in idle[made_room:])
+
+        with grpc.insecure_channel(server.target) as channel:
+            stub = semcache_pb2_grpc.SemcacheServiceStub(channel)  # type: ignore[no-untyped-call]
+            assert stub.Ask(ask(QUESTION), timeout=10).source == pb.SOURCE_LLM
+    finally:
+        for connection in idle:
+            connection.close()
+        code, output = server.terminate()
+    assert code == 0 and "Traceback" not in output

@@ -61,7 +61,7 @@ from semcache_server.edge.auth import (
 from semcache_server.edge.metrics import CacheFigures, Metrics, MetricsServer
 from semcache_server.edge.observing import CallObserving
 from semcache_server.edge.request_log import RequestLog
-from semcache_server.edge.server import GrpcServer, TlsFiles
+from semcache_server.edge.server import GrpcServer, PortInUse, TlsFiles, refuse_a_taken_port
 from semcache_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -401,7 +401,7 @@ def _read_keys(
     except OSError as error:
         raise StartupRefused(f"{flag} {error.filename}: {error.strerror}") from None
     except KeysFileError as error:
-        raise StartupRefused(str(error)) from None
+        raise StartupRefused(f"{flag} {error}") from None
 
 
 def cache_figures(cache: Cache) -> CacheFigures:
@@ -431,6 +431,17 @@ async def start_metrics(settings: Settings, metrics: Metrics) -> MetricsServer:
     return server
 
 
+def check_port(settings: Settings) -> None:
+    """StartupRefused when something listens on --port already; --share-port (a worker of
+    --workers, whose launcher checked the port) listens beside its siblings instead."""
+    if settings.share_port:
+        return
+    try:
+        refuse_a_taken_port(settings.host, settings.port)
+    except PortInUse as error:
+        raise StartupRefused(f"--port {settings.port}: {error}") from None
+
+
 def build_tls(settings: Settings) -> grpc.ServerCredentials | None:
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
@@ -448,6 +459,7 @@ async def start(
     verifier: Verifier | None = None,
 ) -> Service:
     """Start a service; tests hand in a shared embedder and verifier to load the models once."""
+    check_port(settings)  # before the models load; the bind below catches a port taken since
     authenticator = build_authenticator(settings)  # before anything starts: a bad file stops it
     operators = build_operators(settings)
     tls = build_tls(settings)
@@ -467,6 +479,7 @@ async def start(
         undo.push_async_callback(cache.aclose)
         if settings.redis_url is not None:  # the embedded one keeps an append-only file
             await cache.store.check_persistence()
+            await cache.store.check_memory_policy()
         replica = build_replica(settings, redis_url, cache)
         undo.push_async_callback(replica.stop)
         # With Redis down this returns at once: serve from the LLM, and the follower loads the
@@ -484,16 +497,20 @@ async def start(
                 open_access=isinstance(authenticator, OpenAccess),
             ),
         )
-        server = GrpcServer(
-            cache.chain,
-            settings.host,
-            settings.port,
-            settings.max_calls,
-            authenticator,
-            tls,
-            admin,
-            observing=observing,
-        )
+        try:
+            server = GrpcServer(
+                cache.chain,
+                settings.host,
+                settings.port,
+                settings.max_calls,
+                authenticator,
+                tls,
+                admin,
+                observing=observing,
+                share_port=settings.share_port,
+            )
+        except OSError as error:
+            raise StartupRefused(f"--port {settings.port}: {error}") from None
         metrics_server = None if metrics is None else await start_metrics(settings, metrics)
         if metrics_server is not None:
             undo.push_async_callback(metrics_server.stop)

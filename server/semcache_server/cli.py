@@ -118,11 +118,11 @@ def serve(**options: Any) -> None:
         )
     from semcache_server.app import StartupRefused
 
-    if settings.workers > 1:
-        from semcache_server.workers import run_workers
-
-        sys.exit(asyncio.run(run_workers(settings)))
     try:
+        if settings.workers > 1:
+            from semcache_server.workers import run_workers
+
+            sys.exit(asyncio.run(run_workers(settings)))
         asyncio.run(_serve(settings))
     except StartupRefused as error:
         raise click.ClickException(str(error)) from None

@@ -205,6 +205,14 @@ class Settings:
         help="Server processes on the one port, each a replica with its own index and model "
         "(memory times N; state in <state-dir>/worker-<i>): one process serves from one core.",
     )
+    share_port: bool = setting(
+        False,
+        flag="--share-port",
+        env="SEMCACHE_SHARE_PORT",
+        help="Listen beside other processes of this user on the port (SO_REUSEPORT; the kernel "
+        "splits connections between them). --workers sets it for its workers; without it a port "
+        "in use is refused.",
+    )
     max_calls: int = setting(
         4096,
         flag="--max-calls",

@@ -2,9 +2,15 @@
 
 One process serves from one event loop, and Python runs that loop on one core at a time: on these
 2-core machines a process used 107% of a core at 32 callers while the machine had room. The kernel
-spreads connections over processes that listen on the same port (SO_REUSEPORT, on by default in
-gRPC on Linux): measured here, exact hits at 32 callers went from 1,968-2,488/s with one process
-to 2,753-2,851/s with two.
+spreads connections over processes that listen on the same port (SO_REUSEPORT): measured here,
+exact hits at 32 callers went from 1,968-2,488/s with one process to 2,753-2,851/s with two.
+
+Only the workers share the port. They listen with SO_REUSEPORT (`--share-port`); a plain
+`semcache serve` listens without it, so Linux refuses it beside them, and refuses them beside it.
+This launcher refuses a port something already listens on before it starts any worker, so a
+second group is refused too. What remains: Linux lets any process of the same user that sets
+SO_REUSEPORT join (another user's never), so a second group started in the seconds before the
+first group's workers listen, or a `--share-port` serve, can still split the connections.
 
 Each worker is a whole replica, as if it ran on its own host: its own index, hot entries, embedder
 (memory times N) and state dir (`<state-dir>/worker-<i>`), kept in step with the others through
@@ -25,6 +31,7 @@ import socket
 import sys
 
 from semcache_server.adapters.embedded_redis import EmbeddedRedis
+from semcache_server.app import check_port
 from semcache_server.settings import Settings, option_of
 
 log = logging.getLogger(__name__)
@@ -38,6 +45,7 @@ def worker_argv(settings: Settings, index: int, redis_url: str, port: int) -> li
     shared Redis and port, a state dir and a metrics port of its own, and one worker."""
     values = dataclasses.asdict(settings) | {
         "workers": 1,
+        "share_port": True,
         "redis_url": redis_url,
         "port": port,
         "state_dir": settings.state_dir / f"worker-{index}",
@@ -64,7 +72,9 @@ def free_port(host: str) -> int:
 
 
 async def run_workers(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT (0) or until a worker dies by itself (1)."""
+    """Run until SIGTERM or SIGINT (0) or until a worker dies by itself (1); StartupRefused when
+    something listens on the port already."""
+    check_port(settings)
     loop = asyncio.get_running_loop()
     embedded: EmbeddedRedis | None = None
     supervisor: asyncio.Task[None] | None = None

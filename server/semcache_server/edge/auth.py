@@ -3,7 +3,9 @@
 Keys travel as `authorization: Bearer <key>` metadata. The keys file (`--api-keys-file`) holds one
 key a line, `tenant:key` or `tenant:sha256:<hex digest of the key>`, so the file need not hold
 secrets; blank lines and lines starting with `#` are skipped. The file is read again when it
-changes, so keys can be added and revoked without a restart.
+changes, so keys can be added and revoked without a restart. A file without a key is refused at
+start-up and, read again, keeps the keys in use: an empty or half-written file never locks every
+caller out.
 
 A tenant's entries live in a namespace of its own. Tenants an operator lists in
 `--shared-tenants` share one namespace instead: they reuse each other's answers, and still see
@@ -77,6 +79,9 @@ def parse_keys(text: str, source: str) -> list[tuple[str, bytes]]:
             raise KeysFileError(f"{where}: this key is already given to a tenant")
         seen.add(digest)
         entries.append((tenant, digest))
+    if not entries:
+        # An empty, comment-only or half-written file would refuse every caller.
+        raise KeysFileError(f"{source}: no key in the file (it is empty or holds only comments)")
     return entries
 
 
@@ -159,8 +164,8 @@ class KeysFileAuthenticator:
         return stat.st_mtime_ns, stat.st_size, stat.st_ino
 
     def _reload_if_changed(self) -> None:
-        """At most once a second. A file that cannot be read or parsed keeps the keys in use, and
-        is reported once for each change."""
+        """At most once a second. A file that cannot be read or parsed, or holds no key, keeps the
+        keys in use, and is reported once for each change."""
         now = time.monotonic()
         if now < self._next_check:
             return

@@ -9,7 +9,6 @@ are read at each scrape from the figures the composition root hands in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -214,17 +213,30 @@ class Metrics:
 HEAD_LIMIT = 16 * 1024
 """Bytes a scrape's request line and headers may take."""
 READ_SECONDS = 10.0
-"""How long a connection may take to send its request."""
+"""How long a connection may take to send its request, and then to take its answer."""
+MAX_CONNECTIONS = 32
+"""Connections the endpoint holds at once. A Prometheus server scrapes over one connection, and
+a few scrape a process; unbounded, idle connections took the file descriptors the gRPC port
+needs (1,100 of them stalled a new gRPC connection for 3 s)."""
 
 
 class MetricsServer:
     """Serves the registry as Prometheus text on GET /metrics (or /), on the event loop: it
-    starts and stops with the service, and a scrape's rendering runs in a worker thread."""
+    starts and stops with the service, and a scrape's rendering runs in a worker thread.
+
+    At most MAX_CONNECTIONS at once. When full, a new connection takes the place of the one that
+    has waited longest for its request (a scrape sends its request as it connects, so a flood of
+    idle connections cannot keep it out); when every connection is being answered, the new one is
+    closed at once.
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
         self._server: asyncio.Server | None = None
         self.port = 0
+        self._reading: dict[asyncio.StreamWriter, None] = {}
+        """Connections still sending their request, oldest first."""
+        self._answering = 0
 
     async def start(self, host: str, port: int) -> None:
         """Raises OSError when the address cannot be bound."""
@@ -237,30 +249,55 @@ class MetricsServer:
             server.close()
             await server.wait_closed()
 
+    def _make_room(self) -> bool:
+        """Whether a new connection may stay, closing the longest-waiting one if need be."""
+        if len(self._reading) + self._answering < MAX_CONNECTIONS:
+            return True
+        if not self._reading:
+            return False
+        oldest = next(iter(self._reading))
+        del self._reading[oldest]
+        oldest.close()  # its read sees the end and its task finishes
+        return True
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._make_room():
+            writer.close()
+            return
+        self._reading[writer] = None
+        answering = False
         try:
             async with asyncio.timeout(READ_SECONDS):
                 head = await reader.readuntil(b"\r\n\r\n")
-            status, content_type, body = await self._respond(head.decode("latin-1"))
-            writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1")
-                + body
-            )
-            await writer.drain()
+            if writer not in self._reading:
+                return  # closed meanwhile to make room
+            del self._reading[writer]
+            self._answering += 1
+            answering = True
+            async with asyncio.timeout(READ_SECONDS):
+                status, content_type, body = await self._respond(head.decode("latin-1"))
+                answer_head = (
+                    f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                )
+                writer.write(answer_head.encode("latin-1") + body)
+                await writer.drain()
+                writer.close()
+                await writer.wait_closed()
         except (
             TimeoutError,
             ConnectionError,
             asyncio.IncompleteReadError,
             asyncio.LimitOverrunError,
         ):
-            pass  # a client that went away or never finished its request gets nothing
+            pass  # a client that went away, or was too slow, gets nothing more
         except Exception:
             log.exception("serving metrics failed")
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            self._reading.pop(writer, None)
+            if answering:
+                self._answering -= 1
+            writer.transport.abort()  # at once: what was left to send is not waited for
 
     async def _respond(self, head: str) -> tuple[str, str, bytes]:
         request_line, *header_lines = head.split("\r\n")

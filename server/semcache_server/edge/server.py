@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from semcache.v1 import semcache_pb2, semcache_pb2_grpc
+from semcache.v1 import semcache_pb2
 
 from semcache_server.core.chain import CacheChain
-from semcache_server.edge.admin import AdminServicer
+from semcache_server.edge.admin import AdminServicer, add_admin_service
 from semcache_server.edge.auth import Authenticator
 from semcache_server.edge.observing import CallObserving
 from semcache_server.edge.servicer import SemcacheServicer, add_semcache_service
@@ -57,6 +59,36 @@ class TlsFiles:
         )
 
 
+class PortInUse(Exception):
+    """Something already listens on the address the server was told to listen on."""
+
+
+def refuse_a_taken_port(host: str, port: int) -> None:
+    """Raise PortInUse when a socket already listens on host:port (port 0 is never taken).
+
+    gRPC would either listen beside it (SO_REUSEPORT: the kernel then splits connections between
+    two servers, one perhaps without keys) or fail with a traceback and a log line of its own. A
+    probe bound as gRPC binds (SO_REUSEADDR: a closed connection in TIME_WAIT does not count) but
+    without SO_REUSEPORT is refused by Linux exactly when a socket listens there.
+    """
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror:
+        return  # gRPC's own bind says what is wrong with the host
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRINUSE:
+                    raise PortInUse(f"{host}:{port} is already in use by another process") from None
+
+
 class GrpcServer:
     """A grpc.aio server carrying the semcache service, health and reflection, not yet started.
 
@@ -75,9 +107,11 @@ class GrpcServer:
         tls: grpc.ServerCredentials | None = None,
         admin: AdminServicer | None = None,
         observing: CallObserving | None = None,
+        share_port: bool = False,
     ) -> None:
         """observing: the metrics and the request log of each call of the semcache.v1 services
-        (calls refused by max_calls never reach it)."""
+        (calls refused by max_calls never reach it). share_port: let other processes of this
+        user listen on the port too (--workers); otherwise a port in use is refused."""
         if observing is not None:
             authenticator = observing.naming(authenticator)
         self.server = grpc.aio.server(
@@ -90,6 +124,9 @@ class GrpcServer:
                     "grpc.max_concurrent_streams",
                     STREAMS_PER_CONNECTION_OVER_MAX_CALLS * max_calls,
                 ),
+                # On by default in gRPC on Linux: a second server would silently take half
+                # of this one's connections.
+                ("grpc.so_reuseport", 1 if share_port else 0),
                 # gRPC core queues calls the Python server has not picked up yet and, past its
                 # own limits (~1,000 soft, 3,000 hard), drops them as CANCELLED before any
                 # handler runs. Raised far past max_calls, a burst reaches the limit above and
@@ -103,17 +140,18 @@ class GrpcServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]
         if admin is not None:
-            semcache_pb2_grpc.add_CacheAdminServiceServicer_to_server(  # type: ignore[no-untyped-call]
-                admin, self.server
-            )
+            add_admin_service(admin, self.server)
             services.append(ADMIN_SERVICE_NAME)
         reflection.enable_server_reflection(services, self.server)
         address = f"{host}:{port}"
-        self.port: int = (
-            self.server.add_insecure_port(address)
-            if tls is None
-            else self.server.add_secure_port(address, tls)
-        )
+        try:
+            self.port: int = (
+                self.server.add_insecure_port(address)
+                if tls is None
+                else self.server.add_secure_port(address, tls)
+            )
+        except RuntimeError:  # "Failed to bind"; gRPC has logged why
+            self.port = 0
         if self.port == 0:
             raise OSError(f"cannot listen on {host}:{port}")
 
