@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -21,15 +19,13 @@ from hypothesis import event, example, given
 from hypothesis import strategies as st
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
-from semcache_server.adapters.embedders.local import LocalEmbedder
-from semcache_server.core.ports import Verifier
-from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 
-from tests.conftest import Running, service_settings, start_service
+from tests.conftest import Running
+from tests.test_admin import admin_setup  # noqa: F401 (a fixture)
 from tests.test_ask import ask
 from tests.test_fuzz import INT32, fuzz, hostile_text
-from tests.test_tenants import ALICE_KEY, key, keys_file
+from tests.test_tenants import ALICE_KEY, key
 
 OPERATOR_KEY = "operator-key-0123456789abcdef"
 OPERATOR = key(OPERATOR_KEY)
@@ -45,29 +41,13 @@ ACTIONABLE = {
 
 
 @pytest_asyncio.fixture
-async def admin_service(
-    tmp_path: Path,
-    redis_process: RedisProcess,
-    ollama: FakeOllama,
-    embedder: LocalEmbedder,
-    verifier: Verifier | None,
-) -> AsyncIterator[Running]:
+async def admin_service(admin_setup: tuple[Running, object]) -> Running:  # noqa: F811
     """A server with tenant keys and an operator's key, and two of alice's entries."""
-    operators = tmp_path / "admin-keys"
-    operators.write_text(f"ops:{OPERATOR_KEY}\n")
-    settings = service_settings(
-        redis_process,
-        ollama,
-        api_keys_file=keys_file(tmp_path),
-        admin_keys_file=operators,
-        state_dir=tmp_path / "state",
-    )
-    running = await start_service(settings, embedder, verifier)
+    running, _ = admin_setup
     for prompt in ("What is the capital of France?", "Who wrote the novel Dracula?"):
         stored = await running.stub.Ask(ask(prompt), metadata=key(ALICE_KEY), timeout=10)
         assert stored.stored
-    yield running
-    await running.stop()
+    return running
 
 
 def _identity(data: bytes) -> bytes:

@@ -5,8 +5,6 @@ redis-server."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from functools import partial
 
 import redis
@@ -14,6 +12,7 @@ from semcache.v1 import semcache_pb2 as pb
 from semcache_server.testing.redis_process import RedisProcess
 from semcache_server.testing.serve_process import ServeProcess
 
+from tests.test_redis_faults import within
 from tests.test_replicas import (
     PAIRS,
     PROPAGATION_SECONDS,
@@ -27,15 +26,6 @@ __all__ = ["replicas"]  # the fixture, used by name
 
 NOTICED_WITHIN = 10.0
 """Seconds a replica may take to notice (it checks twice a second while nothing is written)."""
-
-
-def within(seconds: float, check: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + seconds
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def served_hot(replica: ServeProcess, pairs: list[tuple[str, str]]) -> None:
