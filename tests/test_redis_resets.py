@@ -43,6 +43,10 @@ def from_the_llm(replica: ServeProcess, prompt: str) -> bool:
     return ask(replica.target, prompt, skip_store=True).source == pb.SOURCE_LLM
 
 
+def exact_hit(replica: ServeProcess, prompt: str) -> bool:
+    return ask(replica.target, prompt, skip_store=True).source == pb.SOURCE_EXACT
+
+
 def test_a_flushed_redis_is_noticed_without_a_write(
     replicas: Replicas, redis_process: RedisProcess
 ) -> None:
@@ -67,7 +71,7 @@ def test_a_flushed_redis_is_noticed_without_a_write(
     assert set(after.values()) == {pb.SOURCE_LLM}, after
 
 
-def test_a_redis_restored_from_an_older_file_is_noticed_without_a_write(
+def test_a_redis_restarted_from_an_older_file_is_noticed_without_a_write(
     replicas: Replicas, redis_process: RedisProcess
 ) -> None:
     first, second = replicas.start("a"), replicas.start("b")
@@ -81,8 +85,13 @@ def test_a_redis_restored_from_an_older_file_is_noticed_without_a_write(
         for replica in (first, second):
             served_hot(replica, PAIRS)
 
-        client.execute_command("DEBUG", "RELOAD", "NOSAVE")  # load that file again
+    # Restarted from that file: stopped without saving (no save points), started on its port.
+    redis_process.stop()
+    redis_process.start()
 
+    for replica in (first, second):  # Redis answers this replica again: kept answers are back
+        back = within(NOTICED_WITHIN, partial(exact_hit, replica, kept[0][0]))
+        assert back, f"{replica.target} does not use the restarted Redis after {NOTICED_WITHIN} s"
     for replica in (first, second):
         noticed = within(NOTICED_WITHIN, partial(from_the_llm, replica, lost[0][0]))
         assert noticed, f"{replica.target} still serves a lost entry after {NOTICED_WITHIN} s"
