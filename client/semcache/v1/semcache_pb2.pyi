@@ -129,7 +129,7 @@ class AskRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., cache: _Optional[_Union[CacheControl, _Mapping]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
-    __slots__ = ("text", "source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "stored", "finish_reason", "hits", "semantic_status", "decided_by", "verifier_score", "judge_duration", "shared_llm_call", "age")
+    __slots__ = ("text", "source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "stored", "finish_reason", "hits", "semantic_status", "decided_by", "verifier_score", "judge_duration", "shared_llm_call", "age", "nearest_similarity", "guard_findings")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +147,8 @@ class AskResponse(_message.Message):
     JUDGE_DURATION_FIELD_NUMBER: _ClassVar[int]
     SHARED_LLM_CALL_FIELD_NUMBER: _ClassVar[int]
     AGE_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FINDINGS_FIELD_NUMBER: _ClassVar[int]
     text: str
     source: Source
     similarity: float
@@ -164,7 +166,9 @@ class AskResponse(_message.Message):
     judge_duration: _duration_pb2.Duration
     shared_llm_call: bool
     age: _duration_pb2.Duration
-    def __init__(self, text: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stored: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ..., decided_by: _Optional[_Union[SemanticCheck, str]] = ..., verifier_score: _Optional[float] = ..., judge_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., shared_llm_call: _Optional[bool] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    nearest_similarity: float
+    guard_findings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, text: _Optional[str] = ..., source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., stored: _Optional[bool] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ..., decided_by: _Optional[_Union[SemanticCheck, str]] = ..., verifier_score: _Optional[float] = ..., judge_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., shared_llm_call: _Optional[bool] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., nearest_similarity: _Optional[float] = ..., guard_findings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AskStreamRequest(_message.Message):
     __slots__ = ("prompt", "model", "system", "options", "history", "cache")
@@ -183,7 +187,7 @@ class AskStreamRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., system: _Optional[str] = ..., options: _Optional[_Union[GenerationOptions, _Mapping]] = ..., history: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., cache: _Optional[_Union[CacheControl, _Mapping]] = ...) -> None: ...
 
 class AskStreamStart(_message.Message):
-    __slots__ = ("source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "hits", "semantic_status", "decided_by", "verifier_score", "judge_duration", "shared_llm_call", "age")
+    __slots__ = ("source", "similarity", "matched_prompt", "entry_id", "model", "cached_at", "lookup_duration", "hits", "semantic_status", "decided_by", "verifier_score", "judge_duration", "shared_llm_call", "age", "nearest_similarity", "guard_findings")
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SIMILARITY_FIELD_NUMBER: _ClassVar[int]
     MATCHED_PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -198,6 +202,8 @@ class AskStreamStart(_message.Message):
     JUDGE_DURATION_FIELD_NUMBER: _ClassVar[int]
     SHARED_LLM_CALL_FIELD_NUMBER: _ClassVar[int]
     AGE_FIELD_NUMBER: _ClassVar[int]
+    NEAREST_SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    GUARD_FINDINGS_FIELD_NUMBER: _ClassVar[int]
     source: Source
     similarity: float
     matched_prompt: str
@@ -212,7 +218,9 @@ class AskStreamStart(_message.Message):
     judge_duration: _duration_pb2.Duration
     shared_llm_call: bool
     age: _duration_pb2.Duration
-    def __init__(self, source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ..., decided_by: _Optional[_Union[SemanticCheck, str]] = ..., verifier_score: _Optional[float] = ..., judge_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., shared_llm_call: _Optional[bool] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    nearest_similarity: float
+    guard_findings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, source: _Optional[_Union[Source, str]] = ..., similarity: _Optional[float] = ..., matched_prompt: _Optional[str] = ..., entry_id: _Optional[str] = ..., model: _Optional[str] = ..., cached_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., lookup_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., hits: _Optional[int] = ..., semantic_status: _Optional[_Union[SemanticStatus, str]] = ..., decided_by: _Optional[_Union[SemanticCheck, str]] = ..., verifier_score: _Optional[float] = ..., judge_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., shared_llm_call: _Optional[bool] = ..., age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., nearest_similarity: _Optional[float] = ..., guard_findings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AskStreamDelta(_message.Message):
     __slots__ = ("text",)

@@ -169,6 +169,7 @@ class CacheChain:
         semantic = self._semantic.begin(query, control)
         status = semantic.skipped
         judgement: Judgement | None = None
+        nearest: float | None = None
         key: FlightKey = (entry_id, control.skip_store)
         flight: Flight | None = None
         shared = False
@@ -192,6 +193,7 @@ class CacheChain:
                     flight = await self._launch(key, query, control, entry_id, semantic)
                 outcome = await semantic.lookup()
                 status, judgement = outcome.status, outcome.judgement
+                nearest = outcome.nearest
                 if outcome.hit is not None:
                     hit = outcome.hit.entry
                     self._tally.count(query.namespace, Source.SEMANTIC, hit.completion_tokens)
@@ -203,6 +205,7 @@ class CacheChain:
                         started,
                         status,
                         outcome.judgement,
+                        nearest,
                     ):
                         yield event
                     return
@@ -220,6 +223,8 @@ class CacheChain:
                 verifier_score=judgement.score if judgement else None,
                 judge_seconds=judgement.judge_seconds if judgement else None,
                 shared_llm_call=shared or flight.remote,
+                nearest_similarity=nearest,
+                guard_findings=judgement.guard_findings if judgement else (),
             )
             async for text in flight.ride():
                 yield TextDelta(text)
@@ -436,6 +441,7 @@ class CacheChain:
         started: float,
         semantic_status: SemanticStatus | None,
         judgement: Judgement | None = None,
+        nearest: float | None = None,
     ) -> AsyncGenerator[AnswerEvent, None]:
         """A stored answer as events. Who asked it, when and how often is told only to the tenant
         that stored it (in a shared namespace another tenant gets the answer alone)."""
@@ -456,6 +462,7 @@ class CacheChain:
             decided_by=judgement.decided_by if judgement else None,
             verifier_score=judgement.score if judgement else None,
             judge_seconds=judgement.judge_seconds if judgement else None,
+            nearest_similarity=nearest,
         )
         size = self._settings.replay_chunk_chars
         for offset in range(0, len(entry.text), size):

@@ -87,6 +87,8 @@ class Judgement:
     """The verifier's estimate that the best candidate's answer answers the query, if it ran."""
     judge_seconds: float | None = None
     """How long the LLM judge took, when it was asked."""
+    guard_findings: tuple[str, ...] = ()
+    """What the guards found, when they refused (`guards.Mismatch` values)."""
 
 
 class Role(enum.Enum):
@@ -227,6 +229,10 @@ class Origin:
     """The caller joined an LLM call already under way for the same question (single-flight)."""
     age_seconds: float | None = None
     """How long ago the reused answer was stored; None for an LLM answer."""
+    nearest_similarity: float | None = None
+    """Of the nearest cached prompt the semantic search found, served or not."""
+    guard_findings: tuple[str, ...] = ()
+    """What the guards found when they refused the nearest candidate."""
 
 
 @dataclass(frozen=True)

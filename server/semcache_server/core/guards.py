@@ -334,6 +334,11 @@ def _unmentioned_names(a: Analysis, b: Analysis) -> set[str]:
     return {w.stem for w in a.content if w.entity and not _mentions(w.stem, b.stems)}
 
 
+def findings(prompt: str, candidate: str) -> tuple[str, ...]:
+    """The mismatches between two prompts, named for a response that explains a refusal."""
+    return tuple(m.value for m in mismatches(analyse(prompt), analyse(candidate)))
+
+
 def mismatches(a: Analysis, b: Analysis) -> tuple[Mismatch, ...]:
     """Every hard reason to believe a and b ask different things (empty: none found)."""
     found: list[Mismatch] = []

@@ -84,6 +84,8 @@ class SemanticOutcome:
     status: SemanticStatus
     judgement: Judgement | None = None
     """The policy's decision, when a candidate was near enough to be judged."""
+    nearest: float | None = None
+    """The similarity of the nearest cached prompt the search found, near enough or not."""
 
 
 _SEARCHED_MISS = SemanticOutcome(None, SemanticStatus.SEARCHED)
@@ -165,6 +167,7 @@ class SemanticLayer:
             neighbours = await self._index.nearest(partition, embedding.vector, k=policy.candidates)
         if neighbours:
             observer().nearest(neighbours[0].similarity)
+            searched = replace(searched, nearest=neighbours[0].similarity)
         near = [n for n in neighbours if n.similarity >= policy.floor]
         if not near:
             return searched
@@ -191,7 +194,7 @@ class SemanticLayer:
                     if judgement.verdict is Verdict.REJECTED_BY_GUARD
                     else searched.status
                 )
-                return SemanticOutcome(None, status, judgement)
+                return SemanticOutcome(None, status, judgement, searched.nearest)
             entry, similarity = entries[judgement.chosen]
             hits = await self._store.record_hit(entry.entry_id)
         except StoreUnavailable as error:
@@ -199,7 +202,7 @@ class SemanticLayer:
             return _UNAVAILABLE
         self._store_outages.succeeded()
         hit = SemanticHit(replace(entry, hits=hits), similarity)
-        return SemanticOutcome(hit, searched.status, judgement)
+        return SemanticOutcome(hit, searched.status, judgement, searched.nearest)
 
     async def _write(
         self, entry: CachedEntry, vector: Vector | None, ttl_seconds: float | None

@@ -65,8 +65,10 @@ class OneCandidate:
     async def judge(self, prompt: str, candidates: Sequence[Candidate]) -> Judgement:
         nearest = candidates[0]
         verdict = self.verdict(prompt, nearest.prompt, nearest.similarity)
-        decided_by = Check.GUARD if verdict is Verdict.REJECTED_BY_GUARD else Check.COSINE
-        return Judgement(verdict, decided_by, 0 if verdict is Verdict.HIT else None)
+        if verdict is Verdict.REJECTED_BY_GUARD:
+            found = guards.findings(prompt, nearest.prompt)
+            return Judgement(verdict, Check.GUARD, guard_findings=found)
+        return Judgement(verdict, Check.COSINE, 0 if verdict is Verdict.HIT else None)
 
     def verdict(self, prompt: str, candidate: str, similarity: float) -> Verdict:
         raise NotImplementedError

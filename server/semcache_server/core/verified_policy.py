@@ -104,7 +104,8 @@ class VerifiedPolicy:
             return Judgement(Verdict.HIT, Check.COSINE, 0)
         kept = [i for i, c in enumerate(candidates) if not self.vetoed(prompt, c.prompt)]
         if not kept:
-            return Judgement(Verdict.REJECTED_BY_GUARD, Check.GUARD)
+            found = guards.findings(prompt, candidates[0].prompt)
+            return Judgement(Verdict.REJECTED_BY_GUARD, Check.GUARD, guard_findings=found)
         if self.verifier is None:
             return Judgement(Verdict.TOO_FAR, Check.VERIFIER)
         try:

@@ -238,6 +238,8 @@ def answer_to_response(answer: Answer) -> pb.AskResponse:
         judge_duration=_optional_duration(origin.judge_seconds),
         shared_llm_call=origin.shared_llm_call,
         age=_optional_duration(origin.age_seconds),
+        nearest_similarity=origin.nearest_similarity,
+        guard_findings=origin.guard_findings,
     )
 
 
@@ -258,6 +260,8 @@ def origin_to_stream(origin: Origin) -> pb.AskStreamResponse:
             judge_duration=_optional_duration(origin.judge_seconds),
             shared_llm_call=origin.shared_llm_call,
             age=_optional_duration(origin.age_seconds),
+            nearest_similarity=origin.nearest_similarity,
+            guard_findings=origin.guard_findings,
         )
     )
 

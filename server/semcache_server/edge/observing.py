@@ -71,6 +71,10 @@ class CallRecord:
         self.nearest_similarity: float | None = None
         """Of the nearest cached prompt the semantic search found."""
         self.semantic_status: str | None = None
+        self.decided_by: str | None = None
+        """The check that accepted or refused the nearest candidate (cosine, guard, ...)."""
+        self.verifier_score: float | None = None
+        self.guard_findings: list[str] = []
         self.shared_llm_call = False
         self.stored = False
         self.stages: dict[Stage, float] = {}
@@ -134,6 +138,12 @@ class CallRecord:
         if message.semantic_status != pb.SEMANTIC_STATUS_UNSPECIFIED:
             name = pb.SemanticStatus.Name(message.semantic_status)
             self.semantic_status = name.removeprefix("SEMANTIC_STATUS_").lower()
+        if message.decided_by != pb.SEMANTIC_CHECK_UNSPECIFIED:
+            check = pb.SemanticCheck.Name(message.decided_by)
+            self.decided_by = check.removeprefix("SEMANTIC_CHECK_").lower()
+        if message.HasField("verifier_score"):
+            self.verifier_score = message.verifier_score
+        self.guard_findings = list(message.guard_findings)
 
     def end(self, status: str, error: str) -> None:
         self.seconds = time.perf_counter() - self._started

@@ -71,6 +71,9 @@ class RequestLog:
         }
         optional: dict[str, object] = {
             "semantic_status": record.semantic_status,
+            "decided_by": record.decided_by,
+            "verifier_score": _similarity(record.verifier_score),
+            "guard_findings": record.guard_findings,
             "stored": record.stored,
             "shared_llm_call": record.shared_llm_call,
             "tokens_saved": record.saved_tokens,
