@@ -621,7 +621,8 @@ async def overload(count: int, channels: int = OVERLOAD_CHANNELS) -> dict[str, A
                 await channel.close()
     during = [t for t in finished if started_wall <= t <= started_wall + elapsed]
     ends = [started_wall, *during, started_wall + elapsed]
-    longest_gap = max(b - a for a, b in itertools.pairwise(sorted(ends)))
+    gaps = [(b - a, a) for a, b in itertools.pairwise(sorted(ends))]
+    longest_gap, gap_began = max(gaps)
     hits_during = [
         latency
         for t, latency in zip(finished, hits, strict=True)
@@ -647,6 +648,7 @@ async def overload(count: int, channels: int = OVERLOAD_CHANNELS) -> dict[str, A
             "workers": OVERLOAD_HIT_WORKERS,
             "failures": hit_failures,
             "longest_gap_ms": 1000 * longest_gap,
+            "longest_gap_began_s": gap_began - started_wall,
         },
     }
 
@@ -999,7 +1001,8 @@ def print_overload(over: dict[str, Any]) -> None:
         f"Exact hits meanwhile ({hits['workers']} workers, own connection): "
         f"{int(hits['n'])} answered, p50 {cell(hits, 'p50_ms')} ms, "
         f"p99 {cell(hits, 'p99_ms')} ms, max {cell(hits, 'max_ms')} ms, "
-        f"longest pause {hits['longest_gap_ms']:.0f} ms, "
+        f"longest pause {hits['longest_gap_ms']:.0f} ms "
+        f"(from {hits.get('longest_gap_began_s', 0):.2f} s into the burst), "
         f"failed: {failures_text(hits['failures'])}"
     )
 
