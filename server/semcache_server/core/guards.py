@@ -6,7 +6,8 @@ ask different things. This module reads both prompts as words and reports two th
 
 - **mismatches**: hard evidence that the prompts ask different things (a different number, a
   negation on one side only, an antonym swapped in, two terms trading places, a different named
-  entity). A hit policy vetoes a candidate on any of them.
+  entity, where two names of one thing in ``aliases.txt`` count as one). A hit policy vetoes a
+  candidate on any of them.
 - **features**: graded signals (how many content words lack a counterpart, word overlap, ...) that
   a learned gray-zone model weighs together with the cosine (see `semcache_server.calibration`).
 
@@ -107,6 +108,11 @@ class Analysis:
     negations: int
     answer_kinds: frozenset[str]
     stems: frozenset[str]
+    alias_groups: frozenset[int] = frozenset()
+    """The alias groups (``aliases.txt``) a member of which the prompt names."""
+    aliased: frozenset[tuple[str, int]] = frozenset()
+    """(word, group) for each word that is part of such a member ("js" of JS, "united" of
+    United States)."""
 
 
 def stem(word: str) -> str:
@@ -204,12 +210,56 @@ def _split_tokens(text: str) -> list[tuple[str, str]]:
     return tokens
 
 
+AliasMember = tuple[tuple[str, ...], bool, int]
+"""A member's word tokens, whether its case must match exactly, and its group."""
+
+
+def _alias_members() -> dict[str, tuple[AliasMember, ...]]:
+    """``aliases.txt`` indexed by each member's first word (lowercased)."""
+    path = resources.files("semcache_server.core") / "policies" / "words" / "aliases.txt"
+    index: dict[str, list[AliasMember]] = {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    groups = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    for group, line in enumerate(groups):
+        for member in line.split("|"):
+            member = member.strip()
+            exact = member.startswith("=")
+            words = [
+                raw if exact else low
+                for low, raw in _split_tokens(member.removeprefix("="))
+                if low[0].isalnum()
+            ]
+            if words:
+                index.setdefault(words[0].lower(), []).append((tuple(words), exact, group))
+    return {first: tuple(members) for first, members in index.items()}
+
+
+def _aliases_named(
+    tokens: list[tuple[str, str]],
+) -> tuple[frozenset[int], frozenset[tuple[str, int]]]:
+    """The alias groups whose members occur in tokens (word tokens, in order), and the words
+    that make up each occurrence."""
+    groups: set[int] = set()
+    aliased: set[tuple[str, int]] = set()
+    for start, (low, _) in enumerate(tokens):
+        for words, exact, group in _ALIAS_MEMBERS.get(low, ()):
+            end = start + len(words)
+            found = [raw if exact else lowered for lowered, raw in tokens[start:end]]
+            if tuple(found) == words:
+                groups.add(group)
+                aliased.update((lowered, group) for lowered, _ in tokens[start:end])
+    return frozenset(groups), frozenset(aliased)
+
+
 def _looks_like_name(raw: str, sentence_start: bool) -> bool:
     if any(c.isdigit() for c in raw) and any(c.isalpha() for c in raw):
         return True  # i5, Python3, COVID19
     if len(raw) > 1 and (raw.isupper() or any(c.isupper() for c in raw[1:])):
         return True  # USA, NASA, iPhone
     return raw[:1].isupper() and not sentence_start and raw != "I"
+
+
+_ALIAS_MEMBERS = _alias_members()
 
 
 @lru_cache(maxsize=8192)
@@ -222,11 +272,13 @@ def analyse(text: str) -> Analysis:
     negations = 0
     sentence_start = True
     previous = ""
+    word_tokens: list[tuple[str, str]] = []
     for low, raw in _split_tokens(text):
         if not low[0].isalnum():
             sequence.append(low)
             sentence_start = sentence_start or low in _SENTENCE_END
             continue
+        word_tokens.append((low, raw))
         number = _roman(raw, previous) or _number(low)
         previous = low
         word = Word(low, number or stem(low), _looks_like_name(raw, sentence_start))
@@ -240,6 +292,7 @@ def analyse(text: str) -> Analysis:
             negations += 1
         elif low not in STOPWORDS:
             content.append(word)
+    alias_groups, aliased = _aliases_named(word_tokens)
     return Analysis(
         words=tuple(words),
         content=tuple(content),
@@ -248,6 +301,8 @@ def analyse(text: str) -> Analysis:
         negations=negations,
         answer_kinds=frozenset(w.text for w in words if w.text in _ANSWER_KINDS),
         stems=frozenset(w.stem for w in words),
+        alias_groups=alias_groups,
+        aliased=aliased,
     )
 
 
@@ -331,7 +386,14 @@ def _mentions(name: str, stems: frozenset[str]) -> bool:
 
 
 def _unmentioned_names(a: Analysis, b: Analysis) -> set[str]:
-    return {w.stem for w in a.content if w.entity and not _mentions(w.stem, b.stems)}
+    """Names of a that b does not mention, by themselves or by an alias ("JS"/"JavaScript")."""
+    return {
+        w.stem
+        for w in a.content
+        if w.entity
+        and not _mentions(w.stem, b.stems)
+        and not any((w.text, group) in a.aliased for group in b.alias_groups)
+    }
 
 
 def findings(prompt: str, candidate: str) -> tuple[str, ...]:
