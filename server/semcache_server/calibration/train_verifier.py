@@ -36,14 +36,9 @@ import numpy as np
 
 from semcache_server.calibration.command import open_embedder
 from semcache_server.calibration.data import LabelledPair, embed_texts, read_pairs, split_of
-from semcache_server.calibration.verifier_data import (
-    LookAlikes,
-    TrainingPair,
-    connected_groups,
-    labelled,
-    mine_hard_negatives,
-    surface_paraphrases,
-)
+from semcache_server.calibration.frames import frame_pairs
+from semcache_server.calibration.minimal_pairs import MinimalPairs, vocabulary
+from semcache_server.calibration.verifier_data import LookAlikes, TrainingPair, labelled
 
 EMBEDDER_DIR = Path(__file__).resolve().parent.parent / "adapters" / "embedders" / "minilm"
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "adapters" / "verifiers" / "minilm_pair"
@@ -56,14 +51,17 @@ NOISY_NEGATIVE = 0.95
 def build_pairs(data_dir: Path, cache_dir: Path | None, seed: int) -> list[TrainingPair]:
     """Every training pair, shuffled; prints where they come from.
 
-    Quora duplicates go in both orders (a cache meets either), the everyday paraphrases of the
-    GPTCache mock half four times, and Quora non-duplicates that embed almost identically are
-    left out: audits of such pairs found most of them to be the same question asked twice
-    (label noise), and they teach the verifier to refuse paraphrases.
+    The verifier's question is "did the meaning change?", so most pairs are minimal pairs whose
+    label is known by construction (issue #19): the same question with one slot changed to a
+    sibling, an antonym, another number or name (negatives), or with its frame reworded, a
+    synonym or an alias swapped in (positives). Quora's labelled pairs add real wording, its
+    duplicates in both orders (a cache meets either). Unlabelled neighbours are never negatives:
+    Quora links only the questions someone merged, so many of them are paraphrases. Quora
+    non-duplicates that embed almost identically are left out for the same reason (audits found
+    most of them to be one question asked twice).
     """
     train = read_pairs(data_dir / "qqp_train.jsonl")
     texts = sorted({t for p in train for t in (p.query, p.cached)})
-    groups = connected_groups(train)
     embedder = open_embedder("local")
     try:
         embedded = asyncio.run(embed_texts(embedder, texts, cache_dir=cache_dir, label="qqp_train"))
@@ -85,9 +83,15 @@ def build_pairs(data_dir: Path, cache_dir: Path | None, seed: int) -> list[Train
         if path.exists():
             half = [p for p in read_pairs(path) if split_of(p) == "calibration"]
             pairs += labelled(half, origin) * copies
-    pairs += mine_hard_negatives(texts, groups, embedded, min_cosine=0.80, limit=12_000, seed=seed)
     pairs += LookAlikes(seed).make(texts, per_kind=2_000)
-    pairs += surface_paraphrases(texts, 10_000, seed)
+    pairs += capped(frame_pairs(texts, seed, per_question=1), per_origin=FRAME_PAIRS_PER_ORIGIN)
+    try:
+        minimal = MinimalPairs.open(vocabulary=vocabulary(texts), seed=seed)
+    except FileNotFoundError as error:
+        print(f"  no WordNet pairs: {error}", file=sys.stderr)
+    else:
+        sample = random.Random(seed).sample(texts, min(len(texts), WORDNET_QUESTIONS))
+        pairs += capped(minimal.make(sample), per_origin=WORDNET_PAIRS_PER_ORIGIN)
     random.Random(seed).shuffle(pairs)
     counts = Counter(p.origin for p in pairs)
     positives = Counter(p.origin for p in pairs if p.label)
@@ -98,6 +102,27 @@ def build_pairs(data_dir: Path, cache_dir: Path | None, seed: int) -> list[Train
     for origin, count in sorted(counts.items()):
         print(f"  {origin:<32} {count:6d} pairs, {positives[origin]:6d} positive", file=sys.stderr)
     return pairs
+
+
+WORDNET_QUESTIONS = 20_000
+WORDNET_PAIRS_PER_ORIGIN = 8_000
+"""WordNet makes about two sibling negatives a question, many from a word's wrong sense: a
+sample of the questions, and a cap, keep them from outweighing everything else."""
+
+FRAME_PAIRS_PER_ORIGIN = 4_000
+"""How-to rewrites alone are half of what the frames make from Quora: capped, so the rarer
+everyday frames (who wrote, how tall, what causes) weigh as much as they can."""
+
+
+def capped(pairs: Sequence[TrainingPair], per_origin: int) -> list[TrainingPair]:
+    """The first per_origin pairs of each origin, in order."""
+    taken: Counter[str] = Counter()
+    kept = []
+    for pair in pairs:
+        if taken[pair.origin] < per_origin:
+            taken[pair.origin] += 1
+            kept.append(pair)
+    return kept
 
 
 def train(args: argparse.Namespace) -> dict[str, Any]:

@@ -1,11 +1,12 @@
-"""Training pairs for the pair verifier: labelled pairs, mined hard negatives and generated
-look-alikes, with the held-out parts of the shared files kept out.
+"""Training pairs for the pair verifier: labelled pairs and generated look-alikes, with the
+held-out parts of the shared files kept out.
 
 What the cache meets in the gray zone is mostly of two kinds: a true paraphrase, and a prompt that
 looks the same but asks another thing (a changed number, a negation, an opposite word, swapped
-roles, another name). Quora's labelled pairs teach the first; the second is rare in any labelled
-file, so it is generated here from real questions, and the nearest non-duplicates that an index
-returns are mined, because those are the neighbours the cache actually sees.
+roles, another name). Quora's labelled pairs teach some of the first; the second is rare in any
+labelled file, so it is generated here from real questions (and by `frames` and
+`minimal_pairs`, with their label known by construction). Unlabelled neighbours are never taken
+for negatives: many of them are paraphrases nobody linked.
 
 No torch here: the pairs are plain data, built the same way for training and for tests.
 """
@@ -18,9 +19,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
-import numpy as np
-
-from semcache_server.calibration.data import Embedded, LabelledPair
+from semcache_server.calibration.data import LabelledPair
 
 WORDS = resources.files("semcache_server.core") / "policies" / "words"
 
@@ -33,62 +32,6 @@ class TrainingPair:
     """1.0: the cached prompt's answer answers the query."""
     origin: str
     """Where the pair comes from (labelled file, mined, or the generator that made it)."""
-
-
-def connected_groups(pairs: Iterable[LabelledPair]) -> dict[str, int]:
-    """Union-find over duplicate pairs: questions in one group ask the same thing."""
-    parent: dict[str, str] = {}
-
-    def find(text: str) -> str:
-        parent.setdefault(text, text)
-        while parent[text] != text:
-            parent[text] = parent[parent[text]]
-            text = parent[text]
-        return text
-
-    for pair in pairs:
-        a, b = find(pair.query), find(pair.cached)
-        if pair.duplicate and a != b:
-            parent[a] = b
-    roots: dict[str, int] = {}
-    return {text: roots.setdefault(find(text), len(roots)) for text in list(parent)}
-
-
-def mine_hard_negatives(
-    texts: Sequence[str],
-    groups: dict[str, int],
-    embedded: Embedded,
-    *,
-    min_cosine: float,
-    limit: int,
-    seed: int = 0,
-) -> list[TrainingPair]:
-    """Each text's nearest neighbour from another group, when it is at least min_cosine close.
-
-    Questions of different groups were never labelled duplicates; their nearest neighbours are
-    the false hits a cosine threshold makes.
-    """
-    matrix = embedded.of(texts)
-    found: list[TrainingPair] = []
-    order = list(range(len(texts)))
-    random.Random(seed).shuffle(order)
-    for start in range(0, len(order), 512):
-        rows = order[start : start + 512]
-        scores = matrix[rows] @ matrix.T
-        for row_index, row in enumerate(rows):
-            scores[row_index, row] = -1.0
-        top = np.argpartition(-scores, 8, axis=1)[:, :8]
-        for row_index, row in enumerate(rows):
-            nearest_first = top[row_index][np.argsort(-scores[row_index, top[row_index]])]
-            for column in nearest_first:
-                if scores[row_index, column] < min_cosine:
-                    break
-                if groups[texts[column]] != groups[texts[row]]:
-                    found.append(TrainingPair(texts[row], texts[int(column)], 0.0, "mined"))
-                    break
-        if len(found) >= limit:
-            break
-    return found[:limit]
 
 
 def _lines(name: str) -> list[list[str]]:
@@ -239,27 +182,6 @@ _REWRITES: tuple[tuple[str, str], ...] = (
     (r"\?$", ""),
 )
 _PREFIXES = ("Please tell me: ", "Can you tell me ", "I'd like to know: ", "Quick question: ")
-
-
-def surface_paraphrases(texts: Sequence[str], count: int, seed: int = 0) -> list[TrainingPair]:
-    """Positives that differ only in wording the answer does not depend on."""
-    rng = random.Random(seed)
-    order = list(texts)
-    rng.shuffle(order)
-    made: list[TrainingPair] = []
-    for text in order:
-        changed = text
-        for pattern, replacement in _REWRITES:
-            if re.search(pattern, changed) and rng.random() < 0.5:
-                changed = re.sub(pattern, replacement, changed, count=1)
-        if rng.random() < 0.3:
-            prefix = rng.choice(_PREFIXES)
-            changed = prefix + changed[0].lower() + changed[1:]
-        if changed != text:
-            made.append(TrainingPair(changed, text, 1.0, "generated:surface"))
-        if len(made) >= count:
-            break
-    return made
 
 
 def labelled(pairs: Iterable[LabelledPair], origin: str) -> list[TrainingPair]:
