@@ -28,6 +28,18 @@ from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_user_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Tests never write into a user's state or config: the XDG folders semcache writes to point
+    into the session's temporary folder, for this process and every server it starts (a test
+    that left `state_dir` unset used to write index snapshots into ~/.local/state/semcache)."""
+    base = tmp_path_factory.mktemp("xdg")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("XDG_STATE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME"):
+            patch.setenv(name, str(base / name.lower()))
+        yield base
+
+
 @pytest.fixture(scope="session")
 def embedder() -> LocalEmbedder:
     """Loaded once: building the model takes a second or two."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from semcache_server.settings import Settings
 from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.serve_process import SEMCACHE, ServeProcess, clean_environment
 
@@ -76,3 +77,9 @@ def test_every_setting_has_a_flag_and_an_environment_variable_listed_in_the_read
         assert option is not None, f"no flag for {setting.name}"
         assert option.envvar, f"no environment variable for {option.opts[0]}"
         assert f"`{option.opts[0]}`" in readme and f"`{option.envvar}`" in readme, setting.name
+
+
+def test_the_default_state_dir_of_a_test_run_is_not_the_users(no_user_state: Path) -> None:
+    """A server a test starts without --state-dir writes under the session's temporary folder."""
+    assert Settings().state_dir.is_relative_to(no_user_state)
+    assert not Settings().state_dir.is_relative_to(Path.home() / ".local" / "state")
