@@ -25,8 +25,12 @@ def exit_seconds(state_dir: Path, extra: list[str]) -> float:
     assert replica.process is not None
     started = time.monotonic()
     replica.process.send_signal(signal.SIGTERM)
-    replica.process.communicate(timeout=60)
-    return time.monotonic() - started
+    # wait(), not communicate(): the replica's own thread reads its output.
+    code = replica.process.wait(timeout=60)
+    seconds = time.monotonic() - started
+    if code != 0:
+        raise SystemExit(f"semcache serve exited {code} on SIGTERM:\n{replica.output()}")
+    return seconds
 
 
 def main() -> None:
