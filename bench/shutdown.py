@@ -29,7 +29,7 @@ def exit_seconds(state_dir: Path, extra: list[str]) -> float:
     code = replica.process.wait(timeout=60)
     seconds = time.monotonic() - started
     if code != 0:
-        raise SystemExit(f"semcache serve exited {code} on SIGTERM:\n{replica.output()}")
+        raise SystemExit(f"semcache serve exited {code} on SIGTERM:\n{replica.output}")
     return seconds
 
 
