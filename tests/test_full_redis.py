@@ -17,7 +17,7 @@ from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 from semcache_server.testing.serve_process import ServeProcess
 
-from tests.conftest import service_settings, start_service
+from tests.test_redis_faults import start_up_log
 from tests.test_replicas import ask
 
 STORED = "How many legs does a spider have?"
@@ -87,19 +87,8 @@ async def test_start_up_names_an_eviction_policy_that_may_drop_the_feed_or_the_c
     policy: str,
     warned: bool,
 ) -> None:
-    given = RedisProcess(tmp_path / "redis", extra_args=["--maxmemory-policy", policy]).start()
-    try:
-        with caplog.at_level(logging.INFO, logger="semcache_server"):
-            settings = service_settings(given, ollama, state_dir=tmp_path / "state")
-            running = await start_service(settings, embedder)
-            await running.stop()
-    finally:
-        given.stop()
+    records = await start_up_log(tmp_path, ollama, embedder, caplog, ["--maxmemory-policy", policy])
 
-    warnings = [
-        record
-        for record in caplog.records
-        if "maxmemory-policy" in record.getMessage() and record.name.startswith("semcache_server")
-    ]
+    warnings = [record for record in records if "maxmemory-policy" in record.getMessage()]
     assert [record.levelno for record in warnings] == ([logging.WARNING] if warned else [])
     assert all(policy in record.getMessage() for record in warnings)

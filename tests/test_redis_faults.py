@@ -13,7 +13,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -165,6 +165,25 @@ def test_after_semcache_is_killed_its_next_start_keeps_the_entries_and_leaves_no
     assert left_in_temp == []
 
 
+async def start_up_log(
+    tmp_path: Path,
+    ollama: FakeOllama,
+    embedder: LocalEmbedder,
+    caplog: pytest.LogCaptureFixture,
+    redis_args: Sequence[str],
+) -> list[logging.LogRecord]:
+    """What semcache logs while it starts and stops on a Redis started with redis_args."""
+    given = RedisProcess(tmp_path / "redis", extra_args=redis_args).start()
+    try:
+        with caplog.at_level(logging.INFO, logger="semcache_server"):
+            settings = service_settings(given, ollama, state_dir=tmp_path / "state")
+            running = await start_service(settings, embedder)
+            await running.stop()
+    finally:
+        given.stop()
+    return [record for record in caplog.records if record.name.startswith("semcache_server")]
+
+
 @pytest.mark.asyncio
 @pytest.mark.parametrize(
     ("persistence", "level"),
@@ -183,20 +202,9 @@ async def test_start_up_says_what_a_crash_of_the_given_redis_would_lose(
     persistence: tuple[str, ...],
     level: int | None,
 ) -> None:
-    given = RedisProcess(tmp_path / "redis", extra_args=persistence).start()
-    try:
-        with caplog.at_level(logging.INFO, logger="semcache_server"):
-            settings = service_settings(given, ollama, state_dir=tmp_path / "state")
-            running = await start_service(settings, embedder)
-            await running.stop()
-    finally:
-        given.stop()
+    records = await start_up_log(tmp_path, ollama, embedder, caplog, persistence)
 
-    advice = {
-        record.levelno
-        for record in caplog.records
-        if "Redis persists" in record.getMessage() and record.name.startswith("semcache_server")
-    }
+    advice = {record.levelno for record in records if "Redis persists" in record.getMessage()}
     assert advice == ({level} if level is not None else set())
 
 
