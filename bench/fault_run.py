@@ -534,7 +534,7 @@ async def warm_up(stub: Any, tenant: Tenant) -> list[Outcome]:
         while queue:
             prompt = queue.pop()
             outcome = Outcome(tenant.name, "warm-up", False, prompt, time.monotonic())
-            await ask(stub, tenant, prompt, False, outcome, similarity_threshold=0.0)
+            await ask(stub, tenant, prompt, False, outcome, threshold=0.0)
             outcomes.append(outcome)
             if outcome.code == "OK" and outcome.stored:
                 tenant.acknowledged[outcome.entry_id] = prompt

@@ -200,7 +200,7 @@ async def fill(
         while queue:
             prompt = queue.pop()
             # Exact-only while filling, so that look-alike prompts each get their own entry.
-            request = build_request(pb.AskRequest, prompt, model=MODEL, similarity_threshold=0.0)
+            request = build_request(pb.AskRequest, prompt, model=MODEL, threshold=0.0)
             answers[prompt] = (await stub.Ask(request, timeout=CALL_TIMEOUT)).text
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))

@@ -62,9 +62,7 @@ def measure(answers: int, timeout: float) -> list[float]:
                     stored = _ask(writer, question)
                     written = time.perf_counter()
                     while True:
-                        seen = _ask(
-                            reader, question + " Thanks!", skip_store=True, similarity_threshold=0.5
-                        )
+                        seen = _ask(reader, question + " Thanks!", skip_store=True, threshold=0.5)
                         elapsed = time.perf_counter() - written
                         if seen.source == pb.SOURCE_SEMANTIC and seen.entry_id == stored.entry_id:
                             delays.append(elapsed)

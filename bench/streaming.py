@@ -110,7 +110,7 @@ async def fill(stub: pb_grpc.SemcacheServiceStub, prompts: list[str], concurrenc
         while queue:
             prompt = queue.pop()
             # Exact-only while filling, so that look-alike prompts each get their own entry.
-            request = build_request(pb.AskRequest, prompt, model=MODEL, similarity_threshold=0.0)
+            request = build_request(pb.AskRequest, prompt, model=MODEL, threshold=0.0)
             response = await stub.Ask(request, timeout=60)
             if not response.stored and response.source == pb.SOURCE_LLM:
                 raise SystemExit(f"fill: {prompt[:40]!r} was not stored")
@@ -164,7 +164,7 @@ async def semcache_first_token(
         prompt,
         model=MODEL,
         skip_store=True,
-        similarity_threshold=0.0 if exact_only else None,
+        threshold=0.0 if exact_only else None,
     )
     timed = await timed_stream(stub, request)
     answered = timed.source == pb.SOURCE_LLM and timed.ended and timed.text == echo(prompt)
@@ -362,7 +362,7 @@ async def hold_stream(stub: pb_grpc.SemcacheServiceStub, held: HeldStream) -> No
     # Exact lookups only and nothing stored: the figure is what an open stream costs, not the
     # embedder (which a miss would wait for before its first token, one at a time).
     request = build_request(
-        pb.AskStreamRequest, held.prompt, model=MODEL, similarity_threshold=0.0, skip_store=True
+        pb.AskStreamRequest, held.prompt, model=MODEL, threshold=0.0, skip_store=True
     )
     end: pb.AskStreamEnd | None = None
     try:

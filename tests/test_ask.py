@@ -213,8 +213,8 @@ async def test_threshold_zero_means_exact_matches_only(
 ) -> None:
     await semcache.stub.Ask(ask(), timeout=10)
 
-    paraphrase = await semcache.stub.Ask(ask(PARAPHRASE, similarity_threshold=0.0), timeout=10)
-    identical = await semcache.stub.Ask(ask(similarity_threshold=0.0), timeout=10)
+    paraphrase = await semcache.stub.Ask(ask(PARAPHRASE, threshold=0.0), timeout=10)
+    identical = await semcache.stub.Ask(ask(threshold=0.0), timeout=10)
 
     assert paraphrase.source == pb.SOURCE_LLM
     assert identical.source == pb.SOURCE_EXACT
@@ -228,11 +228,9 @@ async def test_a_request_threshold_overrides_the_default_but_not_the_guards(
     distant = "What is the way to flip the order of items in a Python list?"  # cosine 0.75
 
     default = await semcache.stub.Ask(ask(distant, skip_store=True), timeout=10)
-    strict = await semcache.stub.Ask(
-        ask(PARAPHRASE, similarity_threshold=0.999, skip_store=True), timeout=10
-    )
-    loose = await semcache.stub.Ask(ask(distant, similarity_threshold=0.5), timeout=10)
-    unrelated = await semcache.stub.Ask(ask(UNRELATED, similarity_threshold=0.01), timeout=10)
+    strict = await semcache.stub.Ask(ask(PARAPHRASE, threshold=0.999, skip_store=True), timeout=10)
+    loose = await semcache.stub.Ask(ask(distant, threshold=0.5), timeout=10)
+    unrelated = await semcache.stub.Ask(ask(UNRELATED, threshold=0.01), timeout=10)
 
     assert default.source == pb.SOURCE_LLM
     assert strict.source == pb.SOURCE_LLM
@@ -248,9 +246,9 @@ async def test_a_request_threshold_overrides_the_default_but_not_the_guards(
         ({"prompt": ""}, "prompt"),
         ({"prompt": " \n\t "}, "prompt"),
         ({"model": ""}, "model"),
-        ({"similarity_threshold": 1.5}, "cache.similarity_threshold"),
-        ({"similarity_threshold": -0.1}, "cache.similarity_threshold"),
-        ({"similarity_threshold": float("nan")}, "cache.similarity_threshold"),
+        ({"threshold": 1.5}, "cache.similarity_threshold"),
+        ({"threshold": -0.1}, "cache.similarity_threshold"),
+        ({"threshold": float("nan")}, "cache.similarity_threshold"),
         ({"prompt": "x" * 32_001}, "prompt"),
         ({"temperature": -1.0}, "options.temperature"),
         ({"max_tokens": -5}, "options.max_tokens"),
@@ -450,7 +448,7 @@ async def test_every_answer_says_what_the_semantic_layer_did(semcache: Running) 
     exact = await semcache.stub.Ask(ask(), timeout=10)
     semantic = await semcache.stub.Ask(ask(PARAPHRASE), timeout=10)
     far = await semcache.stub.Ask(ask(UNRELATED, skip_store=True), timeout=10)
-    exact_only = await semcache.stub.Ask(ask(PARAPHRASE, similarity_threshold=0.0), timeout=10)
+    exact_only = await semcache.stub.Ask(ask(PARAPHRASE, threshold=0.0), timeout=10)
     no_lookup = await semcache.stub.Ask(ask(PARAPHRASE, skip_lookup=True), timeout=10)
 
     assert cold.semantic_status == pb.SEMANTIC_STATUS_SEARCHED

@@ -501,7 +501,7 @@ async def test_an_answer_ollama_reports_as_length_is_streamed_whole_but_not_stor
         (" \n\t ", {}, "prompt"),
         ("", {}, "prompt"),
         (QUESTION, {"model": ""}, "model"),
-        (QUESTION, {"similarity_threshold": 1.5}, "cache.similarity_threshold"),
+        (QUESTION, {"threshold": 1.5}, "cache.similarity_threshold"),
     ],
     ids=["blank", "empty", "no-model", "threshold>1"],
 )
@@ -548,7 +548,7 @@ async def test_two_hundred_concurrent_streams_all_complete_correctly(
 
     results = await asyncio.gather(
         *(
-            receive(semcache, stream_request(prompt, similarity_threshold=strict), deadline=60)
+            receive(semcache, stream_request(prompt, threshold=strict), deadline=60)
             for prompt in prompts
         )
     )

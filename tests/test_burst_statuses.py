@@ -31,9 +31,7 @@ async def test_more_calls_than_a_connection_used_to_carry_all_get_their_answer(
 
     async def one() -> None:
         try:
-            response = await semcache.stub.Ask(
-                ask("What is a burst?", similarity_threshold=0.0), timeout=60
-            )
+            response = await semcache.stub.Ask(ask("What is a burst?", threshold=0.0), timeout=60)
         except grpc.aio.AioRpcError as error:
             statuses[f"{error.code().name}: {error.details()}"] += 1
             return

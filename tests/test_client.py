@@ -49,7 +49,7 @@ def test_ask_sends_only_the_fields_that_were_set_and_returns_the_response(
             system="Be brief.",
             temperature=0.0,
             history=[("user", "hi"), ("assistant", "hello")],
-            similarity_threshold=0.0,
+            threshold=0.0,
             skip_store=True,
         ),
     )

@@ -84,8 +84,8 @@ def _identity(data: bytes) -> bytes:
         ({"temperature": float("nan")}, "options.temperature"),
         ({"top_p": float("inf")}, "options.top_p"),
         ({"top_p": float("nan")}, "options.top_p"),
-        ({"similarity_threshold": float("inf")}, "cache.similarity_threshold"),
-        ({"similarity_threshold": float("-inf")}, "cache.similarity_threshold"),
+        ({"threshold": float("inf")}, "cache.similarity_threshold"),
+        ({"threshold": float("-inf")}, "cache.similarity_threshold"),
     ],
     ids=["temp+inf", "temp-inf", "temp-nan", "top_p+inf", "top_p-nan", "thr+inf", "thr-inf"],
 )
@@ -189,7 +189,7 @@ async def test_a_request_at_every_limit_is_answered(semcache: Running, ollama: F
         seed=-(2**63),
         temperature=0.0,
         top_p=1.0,
-        similarity_threshold=1.0,
+        threshold=1.0,
     )
 
     response = await semcache.stub.Ask(request, timeout=DEADLINE)

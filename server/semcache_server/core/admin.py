@@ -194,10 +194,21 @@ class CacheAdmin:
         return removed
 
     async def page(self, scope: Scope, page_size: int, token: str) -> tuple[list[Listed], str]:
+        """At least page_size entries (0: DEFAULT_PAGE), or the last ones with token "". One
+        catalogue step may bring none: a SCAN step reads about count keys, and the change feed,
+        the counters and the listings are keys too; an owner's scope drops others' entries. So
+        steps are taken, each asking for what the page still lacks, until it is full or the
+        listing ends; the last step may bring a few more than asked, and they stay in the page,
+        since a cursor cannot resume inside a step."""
         if page_size < 0 or page_size > MAX_PAGE:
             raise InvalidRequest("page_size", f"must be in [0, {MAX_PAGE}], got {page_size}")
-        listed, token = await self._catalog.page(scope.namespace, token, page_size or DEFAULT_PAGE)
-        return [item for item in listed if scope.reaches(item.entry)], token
+        wanted = page_size or DEFAULT_PAGE
+        page: list[Listed] = []
+        while True:
+            listed, token = await self._catalog.page(scope.namespace, token, wanted - len(page))
+            page.extend(item for item in listed if scope.reaches(item.entry))
+            if len(page) >= wanted or not token:
+                return page, token
 
     async def stats(self, scope: Scope) -> Stats:
         """The figures of the scope only: a namespace's leave out the index and Redis's memory,
