@@ -20,8 +20,9 @@ WORKDIR /src
 COPY client ./client
 COPY server ./server
 COPY pyproject.toml README.md ./
-# One install: the server requires ./client by path (pyproject.toml) and brings the model weights.
-RUN pip install . \
+# One install: the client from ./client (semcache-server requires semcache-client by version,
+# which no index serves until it is published) and the server with the model weights.
+RUN pip install ./client . \
     && rm -rf /src \
     && useradd --system --uid 10001 --home-dir /var/lib/semcache --create-home semcache
 
@@ -29,6 +30,9 @@ USER semcache
 WORKDIR /var/lib/semcache
 VOLUME ["/var/lib/semcache"]
 EXPOSE 50051
+# With TLS, the check is a client like any other (README, "Docker"): it reads SEMCACHE_TLS_CA_FILE,
+# SEMCACHE_TLS_SERVER_NAME (when the certificate does not name 127.0.0.1) and, for mutual TLS,
+# SEMCACHE_TLS_CLIENT_CERT_FILE and SEMCACHE_TLS_CLIENT_KEY_FILE.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD semcache health --target 127.0.0.1:50051
 STOPSIGNAL SIGTERM

@@ -200,7 +200,7 @@ async def test_semcache_stats_and_invalidate_commands(semcache: Running) -> None
         cli.main,
         ["invalidate", "--target", semcache.target, "--prompt", PROMPTS[1]],
     )
-    assert gone.exit_code == 0 and "removed 1 entries" in gone.output
+    assert gone.exit_code == 0 and "removed 1 entry\n" in gone.output
     assert (await semcache.stub.Ask(ask(PROMPTS[1]), timeout=10)).source == pb.SOURCE_LLM
 
 

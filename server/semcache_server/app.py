@@ -57,6 +57,7 @@ from semcache_server.edge.auth import (
     KeysFileAuthenticator,
     KeysFileError,
     OpenAccess,
+    TenantKeysOnly,
 )
 from semcache_server.edge.metrics import CacheFigures, Metrics, MetricsServer
 from semcache_server.edge.observing import CallObserving
@@ -262,7 +263,19 @@ async def _default_policy(
     if verified and verifier is None:
         from semcache_server.adapters.verifiers import pair
 
-        if shipped_policy_json(verified_policy_file_name(embedder_model_id, pair.MODEL_ID)):
+        missing = None
+        if not pair.shipped():
+            missing = "no pair verifier weights ship in this install"
+        elif not shipped_policy_json(verified_policy_file_name(embedder_model_id, pair.MODEL_ID)):
+            missing = f"no verified policy ships for the embedder {embedder_model_id}"
+        if missing is not None:
+            log.warning(
+                "--verifier %s: %s, so the lexical policy decides semantic hits "
+                "(--verifier off chooses it and silences this line)",
+                settings.verifier,
+                missing,
+            )
+        else:
             verifier = await asyncio.to_thread(build_verifier, settings)
             if verifier is not None:
                 owned.append(verifier)
@@ -442,6 +455,13 @@ def check_port(settings: Settings) -> None:
         raise StartupRefused(f"--port {settings.port}: {error}") from None
 
 
+def transport(settings: Settings) -> str:
+    """What the port speaks, for the start-up line: plaintext, TLS or mutual TLS."""
+    if settings.tls_cert_file is None:
+        return "plaintext"
+    return "TLS" if settings.tls_client_ca_file is None else "mutual TLS"
+
+
 def build_tls(settings: Settings) -> grpc.ServerCredentials | None:
     if settings.tls_cert_file is None or settings.tls_key_file is None:
         return None
@@ -503,7 +523,10 @@ async def start(
                 settings.host,
                 settings.port,
                 settings.max_calls,
-                authenticator,
+                # An operator's key on Ask is told it is one (not "unknown").
+                TenantKeysOnly(authenticator, operators)
+                if operators is not None and not isinstance(authenticator, OpenAccess)
+                else authenticator,
                 tls,
                 admin,
                 observing=observing,
@@ -521,9 +544,10 @@ async def start(
         undo.pop_all()
     gc.collect()  # start-up garbage (model building, index loading) would linger until a full GC
     log.info(
-        "semcache serving on %s:%d (embedder %s, %s from cosine %.4f, %d entries indexed)",
+        "semcache serving on %s:%d over %s (embedder %s, %s from cosine %.4f, %d entries indexed)",
         settings.host,
         server.port,
+        transport(settings),
         cache.embedder.model_id,
         type(cache.policy).__name__,
         cache.policy.floor,

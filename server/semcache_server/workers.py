@@ -31,7 +31,7 @@ import socket
 import sys
 
 from semcache_server.adapters.embedded_redis import EmbeddedRedis
-from semcache_server.app import check_port
+from semcache_server.app import check_port, transport
 from semcache_server.settings import Settings, option_of
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ STOP_MARGIN = 5.0
 
 def worker_argv(settings: Settings, index: int, redis_url: str, port: int) -> list[str]:
     """The `semcache serve` command line of worker index: every setting as given, with the
-    shared Redis and port, a state dir and a metrics port of its own, and one worker."""
+    shared Redis and port, a state dir and a metrics port of its own, one worker, and its index
+    (named in its log lines)."""
     values = dataclasses.asdict(settings) | {
         "workers": 1,
         "share_port": True,
@@ -51,7 +52,7 @@ def worker_argv(settings: Settings, index: int, redis_url: str, port: int) -> li
         "state_dir": settings.state_dir / f"worker-{index}",
         "metrics_port": settings.metrics_port + index if settings.metrics_port else 0,
     }
-    argv = [sys.executable, "-m", "semcache_server.cli", "serve"]
+    argv = [sys.executable, "-m", "semcache_server.cli", "serve", "--worker-index", str(index)]
     for name, value in values.items():
         flag = option_of(name).flag
         if value is None:
@@ -92,28 +93,39 @@ async def run_workers(settings: Settings) -> int:
         for index in range(settings.workers)
     ]
     log.info(
-        "%d workers (pids %s) serving on %s:%d",
+        "%d workers (pids %s) serving on %s:%d over %s; their lines say worker-0 to worker-%d",
         len(workers),
         ", ".join(str(worker.pid) for worker in workers),
         settings.host,
         port,
+        transport(settings),
+        len(workers) - 1,
     )
     exits = [asyncio.ensure_future(worker.wait()) for worker in workers]
     stop = asyncio.ensure_future(stopping.wait())
     done, _ = await asyncio.wait([stop, *exits], return_when=asyncio.FIRST_COMPLETED)
     code = 0
     if stop not in done:
-        died = next(worker for worker, ended in zip(workers, exits, strict=True) if ended in done)
-        log.error("worker pid %d exited with %s: stopping the others", died.pid, died.returncode)
+        index, died = next(
+            (index, worker)
+            for index, (worker, ended) in enumerate(zip(workers, exits, strict=True))
+            if ended in done
+        )
+        log.error(
+            "worker-%d (pid %d) exited with %s: stopping the others",
+            index,
+            died.pid,
+            died.returncode,
+        )
         code = 1
     stop.cancel()
     for worker in workers:
         if worker.returncode is None:
             worker.send_signal(signal.SIGTERM)
     _, late = await asyncio.wait(exits, timeout=settings.grace_seconds + STOP_MARGIN)
-    for worker, ended in zip(workers, exits, strict=True):
+    for index, (worker, ended) in enumerate(zip(workers, exits, strict=True)):
         if ended in late and worker.returncode is None:
-            log.warning("worker pid %d did not stop; killing it", worker.pid)
+            log.warning("worker-%d (pid %d) did not stop; killing it", index, worker.pid)
             worker.kill()
     await asyncio.gather(*exits, return_exceptions=True)
     if supervisor is not None:

@@ -183,6 +183,31 @@ class KeysFileAuthenticator:
         log.info("API keys read again from %s: %d tenants", self._path, len(self._keys.tenants))
 
 
+class TenantKeysOnly:
+    """The semcache service's keys: a tenant's. An operator's key (--admin-keys-file) is told
+    apart from an unknown one, so its holder learns that it is the wrong kind of key, not that
+    the server does not accept it."""
+
+    def __init__(self, tenants: Authenticator, operators: KeysFileAuthenticator) -> None:
+        self._tenants = tenants
+        self._operators = operators
+
+    def caller(self, metadata: Metadata) -> Caller:
+        try:
+            return self._tenants.caller(metadata)
+        except Unauthenticated:
+            try:
+                self._operators.caller(metadata)
+            except Unauthenticated:
+                pass
+            else:
+                raise Forbidden(
+                    "this is an operator's key, which reaches CacheAdminService only: Ask and "
+                    "AskStream need a tenant's key (one of --api-keys-file)"
+                ) from None
+            raise
+
+
 class AdminAccess:
     """Who may do what through CacheAdminService: an operator's key (--admin-keys-file) reaches
     every namespace, or the tenant it names; a tenant's key reaches its own entries only. A server

@@ -23,9 +23,12 @@ SEMCACHE = shutil.which("semcache") or str(Path(sys.executable).parent / "semcac
 
 
 def clean_environment() -> dict[str, str]:
-    """This environment without semcache's own settings, so only the flags given count; nothing
-    is fetched from a model hub, and BLAS does not spin threads beside onnxruntime."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("SEMCACHE_", "REDIS_"))}
+    """This environment without semcache's own settings (nor gRPC's: GRPC_VERBOSITY), so only
+    the flags given count; nothing is fetched from a model hub, and BLAS does not spin threads
+    beside onnxruntime."""
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SEMCACHE_", "REDIS_", "GRPC_"))
+    }
     environment.pop("OLLAMA_HOST", None)
     environment.setdefault("HF_HUB_OFFLINE", "1")
     environment.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -43,10 +46,12 @@ class ServeProcess:
         *,
         capture_output: bool = True,
         environment: Mapping[str, str] | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         """capture_output: keep what it prints for terminate() to return (tests); a long
         benchmark lets it through instead, so a full pipe never blocks the server.
-        environment: variables set on top of the clean environment (TMPDIR, say)."""
+        environment: variables set on top of the clean environment (TMPDIR, say).
+        credentials: how start() reaches a server given TLS options (--tls-cert-file)."""
         self.port = free_port()
         self.target = f"127.0.0.1:{self.port}"
         self._command = [
@@ -62,6 +67,7 @@ class ServeProcess:
         ]
         self._capture_output = capture_output
         self._environment = dict(environment or {})
+        self._credentials = credentials
         self.process: subprocess.Popen[str] | None = None
         self._output: list[str] = []
         self._reader: threading.Thread | None = None
@@ -87,7 +93,12 @@ class ServeProcess:
             )
             self._reader.start()
         deadline = time.monotonic() + timeout
-        with grpc.insecure_channel(self.target) as channel:
+        channel = (
+            grpc.insecure_channel(self.target)
+            if self._credentials is None
+            else grpc.secure_channel(self.target, self._credentials)
+        )
+        with channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
