@@ -29,7 +29,13 @@ import numpy as np
 from semcache_server.app import PairScoring, load_pair_scoring
 from semcache_server.calibration.command import open_embedder
 from semcache_server.calibration.data import SPLITS, LabelledPair, Score, prepare_file
-from semcache_server.calibration.verified import Looked, decide, looked_file, score
+from semcache_server.calibration.verified import (
+    Looked,
+    decide,
+    looked_file,
+    score,
+    with_vetoes,
+)
 from semcache_server.core.policy import (
     CalibratedPolicy,
     default_policy,
@@ -60,21 +66,39 @@ def lexical(looked: Looked, policy: CalibratedPolicy) -> tuple[Any, Any]:
 
 def verified(looked: Looked, policy: VerifiedPolicy) -> tuple[Any, Any]:
     """The verified policy, with its guards' vetoes applied per candidate."""
-    if policy.guards:
-        looked = Looked(
-            looked.pairs,
-            looked.exact,
-            looked.exact_correct,
-            looked.cosine.copy(),
-            looked.logit,
-            looked.correct,
-            looked.prompts,
-        )
-        for i, pair in enumerate(looked.pairs):
-            for j, prompt in enumerate(looked.prompts[i]):
-                if policy.vetoed(pair.query, prompt):
-                    looked.cosine[i, j] = -1.0
-    return decide(looked, policy.model, policy.floor, policy.cutoff)
+    return decide(with_vetoes(looked, policy.guards), policy.model, policy.floor, policy.cutoff)
+
+
+def kinds_of(path: Path) -> dict[tuple[str, str], str]:
+    """The kind each labelled pair of a file names ("paraphrase/frame", "sibling", ...), if any."""
+    kinds = {}
+    with path.open(encoding="utf-8") as lines:
+        for line in lines:
+            if line.strip():
+                raw = json.loads(line)
+                kind = raw.get("kind")
+                if kind is not None:
+                    style = raw.get("style")
+                    kinds[raw["query"], raw["cached"]] = f"{kind}/{style}" if style else kind
+    return kinds
+
+
+def by_kind(
+    looked: Looked, kinds: dict[tuple[str, str], str], verdicts: dict[str, tuple[Any, Any]]
+) -> list[dict[str, Any]]:
+    """Per kind of pair: how many each policy served (a paraphrase served on its own entry
+    counts; a look-alike served anywhere is an error)."""
+    table: dict[str, dict[str, Any]] = {}
+    for i, pair in enumerate(looked.pairs):
+        kind = kinds.get((pair.query, pair.cached))
+        if kind is None:
+            continue
+        entry = table.setdefault(kind, {"kind": kind, "pairs": 0, "duplicate": pair.duplicate})
+        entry["pairs"] += 1
+        for name, (hit, correct) in verdicts.items():
+            served = bool(correct[i]) if pair.duplicate else bool(hit[i])
+            entry[name] = entry.get(name, 0) + int(served)
+    return sorted(table.values(), key=lambda e: (not e["duplicate"], e["kind"]))
 
 
 def row(name: str, looked: Looked, hit: Any, correct: Any, gray: float) -> dict[str, Any]:
@@ -107,23 +131,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 prepared, scoring.logits, verifier_tag=tag, cache_dir=args.embedding_cache
             )
             rows = []
+            verdicts = {}
             for threshold in args.thresholds:
                 hit, correct = decide(looked, None, threshold, threshold)
                 rows.append(row(f"static {threshold:.2f}", looked, hit, correct, 0.0))
+                verdicts[f"static {threshold:.2f}"] = (hit, correct)
             if isinstance(lexical_policy, CalibratedPolicy):
                 hit, correct = lexical(looked, lexical_policy)
                 rows.append(row("lexical calibrated (before)", looked, hit, correct, 0.0))
+                verdicts["lexical"] = (hit, correct)
             if policy is not None:
                 hit, correct = verified(looked, policy)
                 gray = float(np.mean(~looked.exact & (looked.cosine[:, 0] >= policy.floor)))
                 name = f"verified floor {policy.floor:.2f} cutoff {policy.cutoff:.2f}"
                 rows.append(row(name, looked, hit, correct, gray))
+                verdicts["verified"] = (hit, correct)
             report["files"].append(
                 {
                     "data": path.name,
                     "split": args.split,
                     "cached": len(prepared.cached),
                     "rows": rows,
+                    "by_kind": by_kind(looked, kinds_of(path), verdicts),
                 }
             )
             if not args.json:
@@ -173,6 +202,15 @@ def format_file(result: dict[str, Any]) -> str:
             f"{r['policy']:<40} {r['hits']:6d} {r['correct']:7d} {r['false_hits']:6d} "
             f"{precision} {recall} {r['false_hit_rate']:7.4f} {r['gray_zone_share']:5.2f}"
         )
+    if result["by_kind"]:
+        names = [k for k in result["by_kind"][0] if k not in ("kind", "pairs", "duplicate")]
+        lines.append("served, by kind of pair (paraphrases: served right; look-alikes: errors)")
+        lines.append(f"{'kind':<24} {'pairs':>5} " + " ".join(f"{n:>12}" for n in names))
+        for entry in result["by_kind"]:
+            lines.append(
+                f"{entry['kind']:<24} {entry['pairs']:5d} "
+                + " ".join(f"{entry[n]:12d}" for n in names)
+            )
     return "\n".join(lines)
 
 

@@ -94,3 +94,41 @@ def test_the_server_policy_takes_the_most_probable_candidate(
     judgement = asyncio.run(policy.judge("q", candidates))
     assert judgement.chosen == chosen
     assert judgement.verdict is (Verdict.HIT if chosen is not None else Verdict.TOO_FAR)
+
+
+def test_a_strict_set_holds_the_cutoff_above_its_every_false_hit() -> None:
+    """The cutoff the target precision alone allows serves a look-alike of the strict set; with
+    the strict set, no look-alike is served, at the price of some recall."""
+    looked = synthetic()
+    strict = synthetic(40, seed=1)
+    strict.correct[:, :] = False
+    strict.pairs = [LabelledPair(p.query, p.cached, False) for p in strict.pairs]
+    strict.logit[:, :] = -3.0
+    strict.logit[0, 0] = 1.0  # one look-alike the verifier takes for a paraphrase
+    model = fit_joint(looked, floor=0.70)
+    loose, _ = best_cutoff(looked, model, 0.70, target_precision=0.9)
+    assert score(strict, *decide(strict, model, 0.70, loose)).false_hits > 0
+    held, result = best_cutoff(looked, model, 0.70, target_precision=0.9, strict=strict)
+    assert held > loose
+    assert score(strict, *decide(strict, model, 0.70, held)).false_hits == 0
+    assert result.precision >= 0.9
+
+
+def test_calibration_applies_the_guards_vetoes_as_the_server_does() -> None:
+    """A candidate a guard vetoes is no candidate, whatever its scores."""
+    from semcache_server.calibration.verified import with_vetoes
+
+    pairs = [LabelledPair("How many calories are in 2 eggs?", "x", False)]
+    prompts = [["How many calories are in 3 eggs?", "How many calories do 2 eggs have?"]]
+    looked = Looked(
+        pairs,
+        np.zeros(1, bool),
+        np.zeros(1, bool),
+        np.array([[0.97, 0.93]]),
+        np.array([[5.0, 5.0]]),
+        np.zeros((1, 2), bool),
+        prompts,
+    )
+    vetoed = with_vetoes(looked, ["number"])
+    assert vetoed.cosine.tolist() == [[-1.0, 0.93]]
+    assert with_vetoes(looked, []).cosine.tolist() == [[0.97, 0.93]]

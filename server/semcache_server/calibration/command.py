@@ -130,6 +130,7 @@ async def calibrate_verified_async(
     cache_dir: Path | None = None,
     guards: Sequence[str] = (),
     verifier_dir: Path | None = None,
+    strict: Sequence[Path] = (),
 ) -> VerifiedPolicy:
     """Fit the verified policy of the local embedder and the shipped pair verifier.
 
@@ -143,7 +144,7 @@ async def calibrate_verified_async(
     tag = scoring.weights_sha256
     try:
         parts = []
-        for path in data:
+        for path in [*data, *strict]:
             prepared = await prepare_file(
                 path, embedder, split=split, limit=limit, cache_dir=cache_dir
             )
@@ -158,9 +159,11 @@ async def calibrate_verified_async(
         scoring.model_id,
         target_precision=target_precision,
         guards=guards,
+        strict=concat(parts[len(data) :]) if strict else None,
     )
     provenance = {
         "data": [path.name for path in data],
+        "strict": [path.name for path in strict],
         "split": split,
         "limit": limit,
         "verifier_weights_sha256": tag,
@@ -172,29 +175,82 @@ async def calibrate_verified_async(
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="semcache calibrate",
-        description="Fit the default hit policy of an embedder on labelled prompt pairs.",
+        description="Fit the default semantic policy of an embedder on labelled prompt pairs and "
+        "write it as JSON.",
     )
-    parser.add_argument("--data", type=Path, action="append", required=True, help="JSONL pairs")
-    parser.add_argument("--embedder", choices=("local", "ollama"), default="local")
-    parser.add_argument("--ollama-host", default=None)
-    parser.add_argument("--ollama-embed-model", default=None, help="default: as semcache serve")
-    parser.add_argument("--out", type=Path, help="where to write the policy JSON")
-    parser.add_argument("--target-precision", type=float, default=DEFAULT_TARGET_PRECISION)
-    parser.add_argument("--gray-floor", type=float, default=DEFAULT_GRAY_FLOOR)
-    parser.add_argument("--l2", type=float, default=DEFAULT_L2)
-    parser.add_argument("--split", choices=SPLITS, default="calibration")
-    parser.add_argument("--limit", type=int, default=None, help="first N pairs of each file")
-    parser.add_argument("--embedding-cache", type=Path, default=None, help="directory for .npy")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        action="append",
+        required=True,
+        help="A JSONL file of labelled pairs ({query, cached, duplicate} a line); repeatable.",
+    )
+    parser.add_argument(
+        "--embedder",
+        choices=("local", "ollama"),
+        default="local",
+        help="The embedder to calibrate, as semcache serve names it. [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--ollama-host", default=None, help="Ollama's address. Unset: as semcache serve."
+    )
+    parser.add_argument(
+        "--ollama-embed-model",
+        default=None,
+        help="The model of the ollama embedder. Unset: as semcache serve.",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="Where to write the policy JSON. Unset: standard output."
+    )
+    parser.add_argument(
+        "--target-precision",
+        type=float,
+        default=DEFAULT_TARGET_PRECISION,
+        help="The precision of all hits the fit keeps. [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--gray-floor",
+        type=float,
+        default=DEFAULT_GRAY_FLOOR,
+        help="The lowest cosine at which a nearest entry is a candidate. [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--l2",
+        type=float,
+        default=DEFAULT_L2,
+        help="L2 penalty of the logistic model of the gray zone. [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="calibration",
+        help="Which pairs to fit on: a half (calibration, heldout) or all. [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--limit", type=int, default=None, help="Only the first N pairs of each file."
+    )
+    parser.add_argument(
+        "--embedding-cache",
+        type=Path,
+        default=None,
+        help="A directory where embeddings are kept as .npy between runs.",
+    )
     parser.add_argument(
         "--verifier",
         action="store_true",
-        help="fit the verified policy (the local embedder and the shipped pair verifier)",
+        help="Fit the verified policy instead (the local embedder and the shipped pair verifier).",
     )
     parser.add_argument(
-        "--guard", action="append", default=[], help="with --verifier: a guard kind that vetoes"
+        "--guard",
+        action="append",
+        default=[],
+        help="With --verifier: a guard kind that vetoes; repeatable.",
     )
     parser.add_argument(
-        "--verifier-dir", type=Path, default=None, help="with --verifier: weights to use"
+        "--verifier-dir",
+        type=Path,
+        default=None,
+        help="With --verifier: the verifier weights to use. Unset: the shipped ones.",
     )
     return parser
 
@@ -212,6 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cache_dir=args.embedding_cache,
                 guards=args.guard,
                 verifier_dir=args.verifier_dir,
+                strict=args.strict,
             )
         )
         text = json.dumps(verified.to_json(), indent=2) + "\n"

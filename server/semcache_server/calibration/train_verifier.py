@@ -48,7 +48,9 @@ NOISY_NEGATIVE = 0.95
 """Quora non-duplicates at or above this cosine are left out of training (mostly label noise)."""
 
 
-def build_pairs(data_dir: Path, cache_dir: Path | None, seed: int) -> list[TrainingPair]:
+def build_pairs(
+    data_dir: Path, cache_dir: Path | None, seed: int, taught: Sequence[TrainingPair] = ()
+) -> list[TrainingPair]:
     """Every training pair, shuffled; prints where they come from.
 
     The verifier's question is "did the meaning change?", so most pairs are minimal pairs whose
@@ -92,6 +94,7 @@ def build_pairs(data_dir: Path, cache_dir: Path | None, seed: int) -> list[Train
     else:
         sample = random.Random(seed).sample(texts, min(len(texts), WORDNET_QUESTIONS))
         pairs += capped(minimal.make(sample), per_origin=WORDNET_PAIRS_PER_ORIGIN)
+    pairs += taught
     random.Random(seed).shuffle(pairs)
     counts = Counter(p.origin for p in pairs)
     positives = Counter(p.origin for p in pairs if p.label)
@@ -134,7 +137,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    pairs = build_pairs(args.data_dir, args.embedding_cache, args.seed)
+    taught: list[TrainingPair] = []
+    if args.teacher_labels:
+        from semcache_server.calibration import teacher
+
+        if args.teacher_reading is None:
+            raise SystemExit("--teacher-labels needs --teacher-reading: the scored own pairs")
+        reading = teacher.reading_from(args.teacher_reading)
+        print(f"  teacher reading: {reading}", file=sys.stderr)
+        taught = teacher.training_pairs(args.teacher_labels, reading, args.teacher_copies)
+    pairs = build_pairs(args.data_dir, args.embedding_cache, args.seed, taught)
 
     config = BertConfig.from_json_file(str(EMBEDDER_DIR / "config.json"))
     encoder = BertModel(config, add_pooling_layer=False)
@@ -255,18 +267,92 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semcache train-verifier", description=__doc__)
-    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--minutes", type=float, default=50.0, help="stop training after this")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=4e-5)
-    parser.add_argument("--freeze-layers", type=int, default=0, help="lowest layers kept frozen")
-    parser.add_argument("--max-length", type=int, default=MAX_LENGTH)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--seed", type=int, default=13)
-    parser.add_argument("--embedding-cache", type=Path, default=None, help="directory for .npy")
+    parser = argparse.ArgumentParser(
+        prog="semcache train-verifier",
+        description="Fine-tune the pair verifier from the shipped MiniLM weights and write it "
+        "where the server finds it (needs the train extra).",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("../shared/data"),
+        help="The shared data files (qqp_train.jsonl and others). [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="Where to write the weights. [default: the package's verifier folder]",
+    )
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=50.0,
+        help="Minutes after which training stops. [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="Passes over the pairs. [default: %(default)s]"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=32, help="Pairs a step. [default: %(default)s]"
+    )
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=4e-5,
+        help="Peak learning rate of the encoder (the head's: 20 times it). [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--freeze-layers",
+        type=int,
+        default=0,
+        help="Lowest layers kept frozen. [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=MAX_LENGTH,
+        help="Tokens of a pair; longer pairs are cut. [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="CPU threads torch uses. [default: every core]",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=13,
+        help="Seed of torch and of the shuffles. [default: %(default)s]",
+    )
+    parser.add_argument(
+        "--embedding-cache",
+        type=Path,
+        default=None,
+        help="A directory where embeddings are kept as .npy between runs.",
+    )
+    parser.add_argument(
+        "--teacher-labels",
+        type=Path,
+        action="append",
+        default=[],
+        help="Pairs scored by the teacher (calibration.teacher label), trained on with its "
+        "probability as their label; repeatable.",
+    )
+    parser.add_argument(
+        "--teacher-reading",
+        type=Path,
+        default=None,
+        help="Our own labelled pairs scored by the teacher: its reading is fitted on their "
+        "calibration half.",
+    )
+    parser.add_argument(
+        "--teacher-copies",
+        type=int,
+        default=2,
+        help="Weight of taught pairs: copies of each. [default: %(default)s]",
+    )
     return parser
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from semcache_server.calibration.data import Embedded, LabelledPair, PreparedFile, Score
 from semcache_server.calibration.fitting import newton_logistic
+from semcache_server.core import guards
 from semcache_server.core.keys import normalise_prompt
 from semcache_server.core.policy import IDENTICAL
 from semcache_server.core.verified_policy import JointModel, VerifiedPolicy
@@ -146,15 +147,40 @@ def fit_joint(looked: Looked, floor: float, l2: float = 1e-3) -> JointModel:
 
 
 def best_cutoff(
-    looked: Looked, model: JointModel, floor: float, target_precision: float
+    looked: Looked,
+    model: JointModel,
+    floor: float,
+    target_precision: float,
+    strict: Looked | None = None,
 ) -> tuple[float, Score]:
-    """The lowest cutoff whose hits reach target_precision: the most recall at that precision."""
+    """The lowest cutoff whose hits reach target_precision, and that makes no false hit at all
+    on strict (the everyday look-alikes: a wrong answer there is what users remember): the most
+    recall under both."""
     chosen_cutoff, chosen = 1.0, score(looked, *decide(looked, model, floor, 1.0))
-    for cutoff in np.linspace(0.99, 0.05, 95):
+    for cutoff in np.linspace(0.995, 0.05, 190):
+        if (
+            strict is not None
+            and score(strict, *decide(strict, model, floor, float(cutoff))).false_hits
+        ):
+            break
         result = score(looked, *decide(looked, model, floor, float(cutoff)))
         if result.hits and result.precision >= target_precision:
             chosen_cutoff, chosen = float(cutoff), result
     return chosen_cutoff, chosen
+
+
+def with_vetoes(looked: Looked, kinds: Sequence[str]) -> Looked:
+    """looked with every candidate a guard of kinds vetoes taken out (as the server does)."""
+    if not kinds:
+        return looked
+    cosine = looked.cosine.copy()
+    for i, pair in enumerate(looked.pairs):
+        asked = guards.analyse(pair.query)
+        for j, prompt in enumerate(looked.prompts[i]):
+            found = guards.mismatches(asked, guards.analyse(prompt))
+            if any(mismatch.value in kinds for mismatch in found):
+                cosine[i, j] = -1.0
+    return replace(looked, cosine=cosine)
 
 
 def concat(parts: Sequence[Looked]) -> Looked:
@@ -204,12 +230,16 @@ def choose_verified(
     target_precision: float,
     floors: Sequence[float] = (0.70, 0.75, 0.80, 0.85),
     guards: Sequence[str] = (),
+    strict: Looked | None = None,
 ) -> tuple[VerifiedPolicy, Score]:
-    """The floor, joint model and cutoff with the most recall at target_precision on looked."""
+    """The floor, joint model and cutoff with the most recall at target_precision on looked,
+    with no false hit on strict; the guards' vetoes applied to both, as the server applies them."""
+    looked = with_vetoes(looked, guards)
+    strict = with_vetoes(strict, guards) if strict is not None else None
     best: tuple[VerifiedPolicy, Score] | None = None
     for floor in floors:
         model = fit_joint(looked, floor)
-        cutoff, result = best_cutoff(looked, model, floor, target_precision)
+        cutoff, result = best_cutoff(looked, model, floor, target_precision, strict)
         policy = VerifiedPolicy(
             embedder=embedder_model_id,
             verifier_model=verifier_model_id,
