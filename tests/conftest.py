@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 import pytest
@@ -26,6 +27,38 @@ from semcache_server.core.ports import Verifier
 from semcache_server.settings import Settings
 from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
+
+PATIENCE = 30.0
+"""Seconds a test waits for an event before it fails. It bounds a failure only: the event comes
+in milliseconds, and no test asserts how long it took (speed is measured in bench/)."""
+
+Observed = TypeVar("Observed")
+
+
+async def until(
+    observe: Callable[[], Awaitable[Observed]],
+    holds: Callable[[Observed], bool],
+    within: float = PATIENCE,
+) -> Observed:
+    """Observe until what it returns holds, and return that; past `within`, the last
+    observation, for the test's assertion to show what it saw instead."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + within
+    while True:
+        seen = await observe()
+        if holds(seen) or loop.time() > give_up:
+            return seen
+        await asyncio.sleep(0.02)
+
+
+def llm_calls(ollama: FakeOllama) -> Callable[[], Awaitable[int]]:
+    """An observation for until(): the chat requests the Ollama-protocol server has received
+    (each is recorded as it arrives, before any reply)."""
+
+    async def count() -> int:
+        return ollama.call_count()
+
+    return count
 
 
 @pytest.fixture(scope="session", autouse=True)

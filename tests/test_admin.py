@@ -4,7 +4,7 @@ own entries; invalidations reach the index; stats count what was served."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import grpc
@@ -21,7 +21,7 @@ from semcache_server.core.ports import Verifier
 from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 
-from tests.conftest import Running, service_settings, start_service
+from tests.conftest import Running, service_settings, start_service, until
 from tests.test_ask import ask
 from tests.test_tenants import ALICE_KEY, BOB_KEY, key, keys_file
 
@@ -54,6 +54,22 @@ async def admin_setup(
     admin = pb_grpc.CacheAdminServiceStub(running.channel)  # type: ignore[no-untyped-call]
     yield running, admin
     await running.stop()
+
+
+async def counted(
+    admin: pb_grpc.CacheAdminServiceStub,
+    holds: Callable[[pb.GetStatsResponse], bool],
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> pb.GetStatsResponse:
+    """GetStats once its counts hold: each replica adds them to Redis in batches."""
+
+    async def stats() -> pb.GetStatsResponse:
+        response: pb.GetStatsResponse = await admin.GetStats(
+            pb.GetStatsRequest(), metadata=metadata, timeout=10
+        )
+        return response
+
+    return await until(stats, holds)
 
 
 async def fill(running: Running) -> dict[str, list[str]]:
@@ -151,12 +167,7 @@ async def test_stats_count_hits_by_layer_calls_and_tokens_saved(
     )
     assert similar.source == pb.SOURCE_SEMANTIC
 
-    stats = pb.GetStatsResponse()
-    for _ in range(40):  # counts reach Redis in batches
-        stats = await admin.GetStats(pb.GetStatsRequest(), metadata=alice, timeout=10)
-        if stats.exact_hits + stats.semantic_hits == 4:
-            break
-        await asyncio.sleep(0.1)
+    stats = await counted(admin, lambda s: s.exact_hits + s.semantic_hits == 4, alice)
     assert (stats.entries, stats.exact_hits, stats.semantic_hits, stats.llm_calls) == (3, 3, 1, 3)
     assert stats.hit_ratio == pytest.approx(4 / 7)
     assert stats.llm_calls_saved == 4 and stats.tokens_saved > 0
@@ -183,7 +194,8 @@ async def test_semcache_stats_and_invalidate_commands(semcache: Running) -> None
     for prompt in PROMPTS:
         await semcache.stub.Ask(ask(prompt), timeout=10)
     await semcache.stub.Ask(ask(PROMPTS[0]), timeout=10)
-    await asyncio.sleep(0.7)  # counts reach Redis in batches
+    admin = pb_grpc.CacheAdminServiceStub(semcache.channel)  # type: ignore[no-untyped-call]
+    await counted(admin, lambda s: s.exact_hits == 1 and s.llm_calls == 3)
     runner = CliRunner()
 
     stats = await asyncio.to_thread(runner.invoke, cli.main, ["stats", "--target", semcache.target])
@@ -276,6 +288,10 @@ async def test_entries_stored_before_namespaces_had_listings_are_counted_and_lis
     assert bobs.entries == 1
 
 
+BRIEF_TTL_MS = 2000
+"""Long enough for the GetStats that must still count the entry to come before it expires."""
+
+
 @pytest.mark.asyncio
 async def test_an_expired_entry_leaves_its_namespaces_figures(
     admin_setup: tuple[Running, pb_grpc.CacheAdminServiceStub],
@@ -284,18 +300,21 @@ async def test_an_expired_entry_leaves_its_namespaces_figures(
     alice = key(ALICE_KEY)
     kept = await store_as(running, ALICE_KEY, PROMPTS[:1])
     short = ask(PROMPTS[1])
-    short.cache.ttl.FromMilliseconds(200)
+    short.cache.ttl.FromMilliseconds(BRIEF_TTL_MS)
     brief = await running.stub.Ask(short, metadata=alice, timeout=10)
     assert brief.stored
     assert (await admin.GetStats(pb.GetStatsRequest(), metadata=alice, timeout=10)).entries == 2
 
-    while True:  # until Redis has expired it (the sweep may come later)
+    async def expired() -> bool:
+        """Whether Redis has expired it (the sweep may come later)."""
+        request = pb.GetEntryRequest(entry_id=brief.entry_id)
         try:
-            await admin.GetEntry(pb.GetEntryRequest(entry_id=brief.entry_id), metadata=alice)
+            await admin.GetEntry(request, metadata=alice, timeout=10)
         except grpc.aio.AioRpcError as error:
             assert error.code() == grpc.StatusCode.NOT_FOUND
-            break
-        await asyncio.sleep(0.05)
+            return True
+        return False
 
+    assert await until(expired, bool)
     assert (await admin.GetStats(pb.GetStatsRequest(), metadata=alice, timeout=10)).entries == 1
     assert await listed_ids(admin, alice) == set(kept)

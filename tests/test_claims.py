@@ -27,7 +27,7 @@ from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 from semcache_server.testing.serve_process import ServeProcess
 
-from tests.conftest import Running, service_settings, start_service
+from tests.conftest import PATIENCE, Running, service_settings, start_service, until
 from tests.test_ask import MODEL, ask
 
 QUESTION = "What does a claim in Redis mean?"
@@ -45,47 +45,63 @@ async def leave_claim(redis: RedisProcess, token: str, milliseconds: int) -> Non
         await client.aclose()
 
 
-@pytest.mark.asyncio
-async def test_a_claim_this_replica_left_behind_does_not_delay_its_next_answer(
-    semcache: Running, redis_process: RedisProcess
-) -> None:
-    """Had it waited for the claim, the answer would say it shared another replica's call (or
-    the call would run into its deadline, well before the claim's 30 s end)."""
-    await leave_claim(redis_process, semcache.service.cache.chain.token, 30_000)
-    answer = await semcache.stub.Ask(ask(QUESTION), timeout=10)
-    client = aioredis.Redis.from_url(redis_process.url)
+LEFT_BEHIND_MS = 600_000
+"""The life of the claim a test leaves behind: longer than any test, so it cannot run out
+meanwhile, and only a replica that takes it as its own gets past it."""
+
+
+async def claim_ttl(redis: RedisProcess) -> int:
+    """The claim's PTTL in milliseconds (-2: there is none)."""
+    client = aioredis.Redis.from_url(redis.url)
     try:
-        left = await client.exists(KeyLayout().claim(keys.entry_id(Query(QUESTION, MODEL))))
+        return int(await client.pttl(KeyLayout().claim(keys.entry_id(Query(QUESTION, MODEL)))))
     finally:
         await client.aclose()
+
+
+@pytest.mark.asyncio
+async def test_a_claim_this_replica_left_behind_does_not_delay_its_next_answer(
+    semcache: Running, redis_process: RedisProcess, ollama: FakeOllama
+) -> None:
+    """Waiting on the claim, for a single poll, would make the answer say it shared another
+    replica's call; and such a wait ends after claim_seconds, well inside this deadline, so a
+    replica that waited fails the assertions rather than the deadline."""
+    await leave_claim(redis_process, semcache.service.cache.chain.token, LEFT_BEHIND_MS)
+    answer = await semcache.stub.Ask(ask(QUESTION), timeout=ChainSettings.claim_seconds + PATIENCE)
+    left = await claim_ttl(redis_process)
     assert answer.source == pb.SOURCE_LLM and answer.stored
-    assert not answer.shared_llm_call
-    assert left == 0  # taken as its own, and released with the answer
+    assert not answer.shared_llm_call  # it never waited on the claim
+    assert ollama.call_count() == 1  # it asked the LLM itself
+    assert left == -2  # taken as its own, and released with the answer
 
 
 @pytest.mark.asyncio
 async def test_a_claim_lives_one_lease_renewed_while_the_llm_answers(
     semcache: Running, redis_process: RedisProcess, ollama: FakeOllama
 ) -> None:
-    """So a replica that dies, or whose release is lost, blocks the others one lease at most."""
-    ollama.behaviour = Behaviour(token_delay=0.3)
-    ollama.replies[QUESTION] = " ".join(["word"] * 10)  # about 3 s
-    client = aioredis.Redis.from_url(redis_process.url)
-    claim = KeyLayout().claim(keys.entry_id(Query(QUESTION, MODEL)))
+    """So a replica that dies, or whose release is lost, blocks the others one lease at most.
+    The LLM holds its answer until the test has seen a renewal: a claim's time to live that went
+    up from one reading to the next (unrenewed, it only goes down)."""
+    seen: list[int] = []
+
+    async def reading() -> int:
+        seen.append(await claim_ttl(redis_process))
+        return seen[-1]
+
+    ollama.hold()
+    call = asyncio.ensure_future(semcache.stub.Ask(ask(QUESTION), timeout=2 * PATIENCE))
     try:
-        call = asyncio.ensure_future(semcache.stub.Ask(ask(QUESTION), timeout=20))
-        await asyncio.sleep(0.5)
-        early = await client.pttl(claim)
-        await asyncio.sleep(2.0)  # past the first renewal, a third of a lease in
-        later = await client.pttl(claim)
-        answer = await call
-        after = await client.exists(claim)
+        early = await until(reading, lambda ms: ms > 0)
+        taken = len(seen)
+        later = await until(reading, lambda ms: len(seen) > taken and ms > seen[-2])
     finally:
-        await client.aclose()
+        ollama.release()
+    answer = await call
+    after = await claim_ttl(redis_process)
     assert answer.stored
     assert 0 < early <= LEASE_MS
-    assert LEASE_MS - 2500 < later <= LEASE_MS  # renewed: an unrenewed one would be below
-    assert after == 0  # released
+    assert seen[-2] < later <= LEASE_MS, seen[taken - 1 :]  # renewed, by one lease
+    assert after == -2  # released
 
 
 SLOW_CLAIM = 1.5

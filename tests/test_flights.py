@@ -7,12 +7,18 @@ import asyncio
 import pytest
 from semcache_server.core.flights import Flight, Landing
 
+from tests.conftest import until
+
 
 async def slow_answer(flight: Flight) -> Landing:
     for word in ("one ", "two ", "three"):
         flight.append(word)
         await asyncio.sleep(0.05)
     return Landing(stored=False, finish=None)
+
+
+async def said(flight: Flight) -> int:
+    return len(flight.deltas)
 
 
 async def read_all(flight: Flight) -> str:
@@ -24,7 +30,7 @@ async def test_a_rider_that_boards_late_reads_from_the_first_token() -> None:
     flight = Flight()
     flight.board()
     flight.take_off(slow_answer)
-    await asyncio.sleep(0.07)
+    await until(lambda: said(flight), lambda words: words >= 2)  # boards after two words
     flight.board()
     texts = await asyncio.gather(read_all(flight), read_all(flight))
     assert list(texts) == ["one two three"] * 2
@@ -35,7 +41,7 @@ async def test_the_last_rider_leaving_cancels_the_call_and_nobody_boards_it_afte
     flight = Flight()
     flight.board()
     flight.take_off(slow_answer)
-    await asyncio.sleep(0.01)
+    await until(lambda: said(flight), lambda words: words >= 1)  # under way
     flight.leave()
     assert not flight.boardable
     await flight.wait_landed()

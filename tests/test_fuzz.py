@@ -215,7 +215,7 @@ async def assert_still_serving(running: Running, caplog: pytest.LogCaptureFixtur
     failed_calls = [
         r.getMessage()
         for r in caplog.records
-        if r.name.startswith("grpc") or r.name == "semcache_server.edge.servicer"
+        if r.name.startswith("grpc") or r.name == "semcache_server.edge.errors"
     ]
     assert not failed_calls
 

@@ -27,7 +27,7 @@ from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama, split
 from semcache_server.testing.redis_process import RedisProcess, free_port
 from semcache_server.testing.serve_process import ServeProcess
 
-from tests.conftest import Running, service_settings, start_service
+from tests.conftest import PATIENCE, Running, llm_calls, service_settings, start_service, until
 
 MODEL = "llama3.2"
 QUESTION = "How do I reverse a list in Python?"
@@ -167,11 +167,14 @@ async def test_a_shed_call_is_counted_as_resource_exhausted_and_by_resource(
     )
     running = await start_service(settings, embedder)
     try:
-        ollama.behaviour = Behaviour(first_token_delay=1.0)
-        slow = asyncio.ensure_future(running.stub.Ask(ask(QUESTION), timeout=10))
-        await asyncio.sleep(0.3)
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await running.stub.Ask(ask(UNRELATED), timeout=10)
+        ollama.hold()  # the first call keeps the one LLM slot until released
+        slow = asyncio.ensure_future(running.stub.Ask(ask(QUESTION), timeout=2 * PATIENCE))
+        try:
+            assert await until(llm_calls(ollama), lambda calls: calls == 1) == 1
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await running.stub.Ask(ask(UNRELATED), timeout=10)
+        finally:
+            ollama.release()
         await slow
         samples = await scrape(running)
     finally:

@@ -16,6 +16,8 @@ import pytest
 import pytest_asyncio
 from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama, split_tokens
 
+from tests.conftest import until
+
 MODEL = "llama3.2"
 EMBED_MODEL = "nomic-embed-text"
 LONG_REPLY = " ".join(f"word{i}" for i in range(60))
@@ -328,6 +330,26 @@ async def test_finished_stream_is_not_a_disconnect(
 
     assert not await fake.wait_for_disconnect_async(within=0.2)
     assert fake.disconnects == 0
+
+
+@pytest.mark.asyncio
+async def test_a_held_reply_pauses_after_the_tokens_it_was_held_at_until_released(
+    fake: FakeOllama, client: ollama.AsyncClient
+) -> None:
+    fake.hold(after_tokens=2)
+    stream = await client.chat(MODEL, _user("what is redis"), stream=True)
+    first = [(await anext(stream)).message.content for _ in range(2)]
+
+    async def held() -> int:
+        return fake.held
+
+    assert await until(held, lambda paused: paused == 1) == 1
+    fake.release()
+    rest = [part.message.content async for part in stream]
+
+    assert first == ["Echo:", " what"]
+    assert rest == [" is", " redis", ""]
+    assert fake.held == 0
 
 
 @pytest.mark.asyncio

@@ -23,7 +23,7 @@ import redis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from semcache.v1 import semcache_pb2 as pb
 from semcache_server.adapters.embedders.local import LocalEmbedder
-from semcache_server.edge.server import STORAGE_HEALTH_NAME
+from semcache_server.edge.grpc.server import STORAGE_HEALTH_NAME
 from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 from semcache_server.testing.serve_process import ServeProcess

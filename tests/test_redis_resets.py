@@ -12,15 +12,9 @@ from semcache.v1 import semcache_pb2 as pb
 from semcache_server.testing.redis_process import RedisProcess
 from semcache_server.testing.serve_process import ServeProcess
 
+from tests.conftest import PATIENCE
 from tests.test_redis_faults import within
-from tests.test_replicas import (
-    PAIRS,
-    PROPAGATION_SECONDS,
-    Replicas,
-    ask,
-    replicas,
-    semantic_hit_within,
-)
+from tests.test_replicas import PAIRS, Replicas, ask, replicas, semantic_hit_within
 
 __all__ = ["replicas"]  # the fixture, used by name
 
@@ -32,7 +26,7 @@ def served_hot(replica: ServeProcess, pairs: list[tuple[str, str]]) -> None:
     """Each question an exact hit and each paraphrase a semantic hit, asked twice: the second
     time from the copies kept in memory."""
     for question, paraphrase in pairs:
-        assert semantic_hit_within(replica.target, paraphrase, PROPAGATION_SECONDS) is not None
+        assert semantic_hit_within(replica.target, paraphrase, PATIENCE) is not None
         for _ in range(2):
             assert ask(replica.target, question).source == pb.SOURCE_EXACT
             assert ask(replica.target, paraphrase, skip_store=True).source == pb.SOURCE_SEMANTIC
@@ -106,4 +100,4 @@ def test_a_redis_restarted_from_an_older_file_is_noticed_without_a_write(
     assert set(still) == {pb.SOURCE_EXACT}
     for replica in (first, second):  # the index was rebuilt from what Redis holds
         for _, paraphrase in kept:
-            assert semantic_hit_within(replica.target, paraphrase, PROPAGATION_SECONDS) is not None
+            assert semantic_hit_within(replica.target, paraphrase, PATIENCE) is not None

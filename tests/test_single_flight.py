@@ -13,7 +13,7 @@ from semcache_server.adapters.embedders.local import LocalEmbedder
 from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 
-from tests.conftest import Running, service_settings, start_service
+from tests.conftest import PATIENCE, Running, service_settings, start_service, until
 from tests.test_ask import MODEL, ask
 
 QUESTION = "Which rivers flow through Vienna?"
@@ -21,6 +21,34 @@ QUESTION = "Which rivers flow through Vienna?"
 
 def ask_stream(prompt: str = QUESTION) -> pb.AskStreamRequest:
     return build_request(pb.AskStreamRequest, prompt, model=MODEL)
+
+
+async def read_until(
+    call: grpc.aio.UnaryStreamCall[pb.AskStreamRequest, pb.AskStreamResponse], kind: str
+) -> list[pb.AskStreamResponse]:
+    """The messages of a stream up to the first of that kind ("start", "delta", "end")."""
+    read: list[pb.AskStreamResponse] = []
+    while not read or not read[-1].HasField(kind):
+        message = await call.read()
+        assert isinstance(message, pb.AskStreamResponse), f"it ended before a {kind}: {read}"
+        read.append(message)
+    return read
+
+
+async def read_rest(
+    call: grpc.aio.UnaryStreamCall[pb.AskStreamRequest, pb.AskStreamResponse],
+) -> list[pb.AskStreamResponse]:
+    """What a stream read_until() began sends to its end (grpc.aio allows no async for then)."""
+    read: list[pb.AskStreamResponse] = []
+    while True:
+        message = await call.read()
+        if not isinstance(message, pb.AskStreamResponse):  # EOF
+            return read
+        read.append(message)
+
+
+def text_of(messages: list[pb.AskStreamResponse]) -> str:
+    return "".join(m.delta.text for m in messages if m.HasField("delta"))
 
 
 async def streamed(running: Running, prompt: str = QUESTION) -> tuple[pb.AskStreamStart, str]:
@@ -58,32 +86,41 @@ async def test_fifty_identical_misses_make_one_llm_call_and_get_the_same_answer(
 async def test_a_stream_that_joins_late_receives_the_answer_from_its_first_token(
     semcache: Running, ollama: FakeOllama
 ) -> None:
-    ollama.behaviour = Behaviour(token_delay=0.1)
-    first = asyncio.ensure_future(streamed(semcache))
-    await asyncio.sleep(0.3)  # the call has produced some tokens by now, not all
-    (late_start, late_text), (_, first_text) = await asyncio.gather(streamed(semcache), first)
+    ollama.hold(after_tokens=2)  # the call has produced some tokens, not all
+    first = semcache.stub.AskStream(ask_stream(), timeout=2 * PATIENCE)
+    try:
+        first_read = await read_until(first, "delta")  # the flight holds a token
+        late = semcache.stub.AskStream(ask_stream(), timeout=2 * PATIENCE)
+        late_read = await read_until(late, "start")  # it has boarded
+    finally:
+        ollama.release()
+    first_text = text_of([*first_read, *await read_rest(first)])
+    late_text = text_of([*late_read, *await read_rest(late)])
 
     assert ollama.call_count() == 1
-    assert late_start.shared_llm_call and late_text == first_text
+    assert late_read[-1].start.shared_llm_call and late_text == first_text
+    assert first_text == ollama.reply_for(QUESTION)
 
 
 @pytest.mark.asyncio
 async def test_the_caller_that_started_the_call_may_leave_without_cancelling_it_for_others(
     semcache: Running, ollama: FakeOllama
 ) -> None:
-    ollama.behaviour = Behaviour(token_delay=0.05)
-    leader = semcache.stub.AskStream(ask_stream(), timeout=20)
-    async for message in leader:
-        if message.HasField("delta"):
-            break  # the call is under way
-    follower = asyncio.ensure_future(semcache.stub.Ask(ask(QUESTION), timeout=20))
-    await asyncio.sleep(0.1)
-    leader.cancel()
-    answer = await follower
+    ollama.hold(after_tokens=1)
+    leader = semcache.stub.AskStream(ask_stream(), timeout=2 * PATIENCE)
+    follower = semcache.stub.AskStream(ask_stream(), timeout=2 * PATIENCE)
+    try:
+        await read_until(leader, "delta")  # the call is under way
+        boarded = await read_until(follower, "start")
+        leader.cancel()
+    finally:
+        ollama.release()
+    rest = await read_rest(follower)
     again = await semcache.stub.Ask(ask(QUESTION), timeout=20)
 
-    assert answer.shared_llm_call and answer.stored
-    assert again.source == pb.SOURCE_EXACT and again.text == answer.text
+    assert boarded[-1].start.shared_llm_call
+    assert rest[-1].end.stored
+    assert again.source == pb.SOURCE_EXACT and again.text == text_of([*boarded, *rest])
     assert ollama.call_count() == 1
 
 
@@ -113,21 +150,34 @@ async def test_past_the_bounds_misses_are_refused_at_once_while_exact_hits_are_s
     )
     try:
         cached = await running.stub.Ask(ask("What is the boiling point of water?"), timeout=10)
-        ollama.behaviour = Behaviour(first_token_delay=1.0)
+        ollama.hold()  # the call in flight keeps the one LLM slot, the one queued waits
         misses = [
-            running.stub.Ask(ask(f"Name a prime number larger than {n} million"), timeout=10)
+            asyncio.ensure_future(
+                running.stub.Ask(
+                    ask(f"Name a prime number larger than {n} million"), timeout=2 * PATIENCE
+                )
+            )
             for n in range(6)
         ]
-        pending = asyncio.gather(*misses, return_exceptions=True)
-        await asyncio.sleep(0.3)
-        exact = await running.stub.Ask(ask("What is the boiling point of water?"), timeout=1)
-        outcomes = await pending
+        try:
+
+            async def ended() -> int:
+                return sum(miss.done() for miss in misses)
+
+            refused_first = await until(ended, lambda count: count == 4)
+            exact = await running.stub.Ask(ask("What is the boiling point of water?"), timeout=10)
+            unanswered = [miss for miss in misses if not miss.done()]
+        finally:
+            ollama.release()
+        outcomes = await asyncio.gather(*misses, return_exceptions=True)
     finally:
         await running.stop()
 
     refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
     answered = [o for o in outcomes if isinstance(o, pb.AskResponse)]
+    assert refused_first == 4
     assert cached.stored and exact.source == pb.SOURCE_EXACT
+    assert len(unanswered) == 2  # the exact hit was served while both misses waited on the LLM
     assert len(answered) == 2  # one in flight, one queued
     assert [e.code() for e in refused] == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 4
     assert all("--max-llm-calls" in (e.details() or "") for e in refused)

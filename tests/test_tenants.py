@@ -19,7 +19,7 @@ from semcache_server.core.ports import Verifier
 from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 
-from tests.conftest import Running, service_settings, start_service
+from tests.conftest import Running, service_settings, start_service, until
 from tests.test_ask import MODEL, ask
 
 ALICE_KEY = "alice-key-0123456789abcdef"
@@ -209,9 +209,5 @@ async def test_keys_added_to_the_file_work_without_a_restart_and_removed_ones_st
             return False
         return True
 
-    for _ in range(40):
-        if await answered(eve_key):
-            break
-        await asyncio.sleep(0.1)
-    assert await answered(eve_key)
+    assert await until(lambda: answered(eve_key), bool)  # the file is read again within 1 s
     assert not await answered(ALICE_KEY)

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import gc
 import logging
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -24,6 +26,7 @@ from semcache_server.adapters.embedded_redis import EmbeddedRedis, StateDirInUse
 from semcache_server.adapters.hot_entries import HotEntries
 from semcache_server.adapters.indexes.tiered import TieredIndex
 from semcache_server.adapters.ollama_llm import OllamaBackend
+from semcache_server.adapters.ollama_passthrough import OllamaPassThrough
 from semcache_server.adapters.redis_breaker import RedisBreaker
 from semcache_server.adapters.redis_feed import RedisFeed
 from semcache_server.adapters.redis_store import RedisEntryStore
@@ -50,7 +53,6 @@ from semcache_server.core.ports import (
     Verifier,
 )
 from semcache_server.core.validation import Limits
-from semcache_server.edge.admin import AdminServicer
 from semcache_server.edge.auth import (
     AdminAccess,
     Authenticator,
@@ -59,11 +61,20 @@ from semcache_server.edge.auth import (
     OpenAccess,
     TenantKeysOnly,
 )
+from semcache_server.edge.calls import Calls
+from semcache_server.edge.grpc.admin import AdminServicer
+from semcache_server.edge.grpc.server import (
+    GrpcServer,
+    PortInUse,
+    TlsFiles,
+    refuse_a_taken_port,
+)
 from semcache_server.edge.metrics import CacheFigures, Metrics, MetricsServer
-from semcache_server.edge.observing import CallObserving
 from semcache_server.edge.request_log import RequestLog
-from semcache_server.edge.server import GrpcServer, PortInUse, TlsFiles, refuse_a_taken_port
 from semcache_server.settings import Settings
+
+if TYPE_CHECKING:
+    from semcache_server.edge.http.server import HttpFront
 
 log = logging.getLogger(__name__)
 
@@ -300,11 +311,19 @@ class Service:
     replica: IndexReplica
     embedded_redis: EmbeddedRedis | None = None
     metrics: MetricsServer | None = None
+    http: HttpFront | None = None
+    """The Ollama and OpenAI HTTP front, when --http-port asks for it."""
+    upstream: OllamaPassThrough | None = None
     supervision: list[asyncio.Task[None]] = field(default_factory=list)
 
     @property
     def port(self) -> int:
         return self.grpc.port
+
+    @property
+    def http_port(self) -> int:
+        """The port of the HTTP front; 0 when there is none."""
+        return self.http.port if self.http is not None else 0
 
     @property
     def metrics_port(self) -> int:
@@ -334,9 +353,15 @@ class Service:
 
     async def stop(self, grace: float | None) -> None:
         try:
-            await self.grpc.stop(grace)
+            # Both fronts stop taking calls at once, and give theirs the same grace.
+            fronts = [self.grpc.stop(grace)]
+            if self.http is not None:
+                fronts.append(self.http.stop())
+            await asyncio.gather(*fronts)
         finally:
             try:
+                if self.upstream is not None:
+                    await self.upstream.aclose()
                 if self.metrics is not None:
                     await self.metrics.stop()
                 await self.stop_supervising()  # before the embedded Redis stops: no restart
@@ -449,10 +474,63 @@ def check_port(settings: Settings) -> None:
     --workers, whose launcher checked the port) listens beside its siblings instead."""
     if settings.share_port:
         return
+    for flag, port in (("--port", settings.port), ("--http-port", settings.http_port)):
+        try:
+            refuse_a_taken_port(settings.host, port)
+        except PortInUse as error:
+            raise StartupRefused(f"{flag} {port}: {error}") from None
+
+
+def build_passthrough(settings: Settings) -> OllamaPassThrough:
+    return OllamaPassThrough(settings.ollama_host, connect_timeout=settings.ollama_connect_timeout)
+
+
+def build_http_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTP front's TLS: the gRPC port's certificate, key and client CAs."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
-        refuse_a_taken_port(settings.host, settings.port)
-    except PortInUse as error:
-        raise StartupRefused(f"--port {settings.port}: {error}") from None
+        context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+        if settings.tls_client_ca_file is not None:
+            context.load_verify_locations(settings.tls_client_ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+    except OSError as error:
+        raise StartupRefused(f"TLS file {error.filename}: {error.strerror}") from None
+    return context
+
+
+async def start_http(
+    settings: Settings, calls: Calls, authenticator: Authenticator, upstream: OllamaPassThrough
+) -> HttpFront:
+    """The Ollama and OpenAI HTTP front on --host and --http-port (aiohttp, imported only
+    when asked for)."""
+    try:
+        from semcache_server.edge.http.server import HttpFront
+    except ImportError as error:  # aiohttp: the testing extra's until it is a dependency
+        raise StartupRefused(f"--http-port needs aiohttp: pip install aiohttp ({error})") from None
+
+    front = HttpFront(calls, authenticator, upstream, max_calls=settings.max_calls)
+    try:
+        await front.start(
+            settings.host,
+            settings.http_port,
+            tls=build_http_tls(settings),
+            share_port=settings.share_port,
+            grace=settings.grace_seconds,
+        )
+    except OSError as error:
+        raise StartupRefused(
+            f"--http-port {settings.http_port}: cannot listen on {settings.host}: "
+            f"{error.strerror or error}"
+        ) from None
+    log.info(
+        "Ollama and OpenAI HTTP APIs on %s://%s:%d",
+        "http" if settings.tls_cert_file is None else "https",
+        settings.host,
+        front.port,
+    )
+    return front
 
 
 def transport(settings: Settings) -> str:
@@ -506,30 +584,32 @@ async def start(
         # index when Redis returns. A long load (no snapshot, a large cache) goes on meanwhile.
         await replica.start(patience=INDEX_LOAD_PATIENCE)
         metrics = Metrics(cache_figures(cache)) if settings.metrics_port else None
-        observing = CallObserving(metrics, RequestLog(settings.log_prompts))
+        calls = Calls(cache.chain, metrics, RequestLog(settings.log_prompts))
         admin = AdminServicer(
             CacheAdmin(cache.store, lambda: cache.semantic.indexed),
-            # Named for the request log, like the semcache service's calls (GrpcServer).
+            # Named for the request log, like the semcache service's calls.
             AdminAccess(
-                observing.naming(authenticator),
+                calls.naming(authenticator),
                 operators,
                 settings.shared_tenant_names,
                 open_access=isinstance(authenticator, OpenAccess),
             ),
         )
+        # An operator's key on Ask (or the HTTP front) is told it is one (not "unknown").
+        askers = (
+            TenantKeysOnly(authenticator, operators)
+            if operators is not None and not isinstance(authenticator, OpenAccess)
+            else authenticator
+        )
         try:
             server = GrpcServer(
-                cache.chain,
+                calls,
                 settings.host,
                 settings.port,
                 settings.max_calls,
-                # An operator's key on Ask is told it is one (not "unknown").
-                TenantKeysOnly(authenticator, operators)
-                if operators is not None and not isinstance(authenticator, OpenAccess)
-                else authenticator,
+                askers,
                 tls,
                 admin,
-                observing=observing,
                 share_port=settings.share_port,
             )
         except OSError as error:
@@ -537,7 +617,13 @@ async def start(
         metrics_server = None if metrics is None else await start_metrics(settings, metrics)
         if metrics_server is not None:
             undo.push_async_callback(metrics_server.stop)
-        service = Service(server, cache, replica, embedded, metrics_server)
+        http, upstream = None, None
+        if settings.http_port:
+            upstream = build_passthrough(settings)
+            undo.push_async_callback(upstream.aclose)
+            http = await start_http(settings, calls, askers, upstream)
+            undo.push_async_callback(http.stop)
+        service = Service(server, cache, replica, embedded, metrics_server, http, upstream)
         await service.supervise()
         undo.push_async_callback(service.stop_supervising)
         await server.start()

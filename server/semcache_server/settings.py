@@ -286,6 +286,14 @@ class Settings:
         help="Seconds an LLM call may take, whatever the caller's deadline (even none); past it "
         "every caller of that call gets DEADLINE_EXCEEDED and nothing is stored.",
     )
+    http_port: int = setting(
+        0,
+        flag="--http-port",
+        env="SEMCACHE_HTTP_PORT",
+        help="Also serve Ollama's HTTP API and OpenAI's on this port (on --host, with the same "
+        "keys and TLS), so Ollama and OpenAI clients use the cache by changing their base URL; "
+        "11435 is the documented choice. 0: gRPC only.",
+    )
     metrics_port: int = setting(
         0,
         flag="--metrics-port",
@@ -325,6 +333,8 @@ class Settings:
         threshold = self.similarity_threshold
         if threshold is not None and not 0 <= threshold <= 1:  # NaN fails both comparisons
             raise ValueError(f"--similarity-threshold must be in [0, 1], got {threshold}")
+        if not 0 <= self.http_port <= 65535:
+            raise ValueError(f"--http-port must be in [0, 65535], got {self.http_port}")
         if not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"--metrics-port must be in [0, 65535], got {self.metrics_port}")
         if not 0 < self.max_generation_seconds < float("inf"):  # NaN fails too

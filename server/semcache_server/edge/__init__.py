@@ -1,2 +1,4 @@
-"""The gRPC edge: servicers that translate semcache.v1 messages to the core and back, and the
-server wiring. Thin by design: no Redis, numpy or Ollama here."""
+"""The edge: the fronts that speak a wire format (`grpc/`: semcache.v1; `http/`: Ollama's and
+OpenAI's HTTP APIs) over one transport-free call pipeline (`calls.py`: the caller, the call
+record fed by the core's answer events, metrics and the request log; `auth.py`; `errors.py`: one
+table from domain errors to gRPC and HTTP statuses). Thin by design: no Redis, numpy or Ollama."""

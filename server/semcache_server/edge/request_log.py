@@ -1,6 +1,7 @@
-"""One log line per call of the semcache.v1 services, at INFO on the `semcache_server.requests`
-logger: its request id, RPC, status, tenant, where the answer came from, similarities and stage
-timings. Prompts are never written unless the server runs with --log-prompts."""
+"""One log line per call of the semcache.v1 services and of the HTTP fronts, at INFO on the
+`semcache_server.requests` logger: its request id, RPC (or HTTP path), status, tenant, where the
+answer came from, similarities and stage timings. Prompts are never written unless the server
+runs with --log-prompts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from semcache_server.edge.metrics import resource_label
 from semcache_server.logs import EVENT, FIELDS
 
 if TYPE_CHECKING:
-    from semcache_server.edge.observing import CallRecord
+    from semcache_server.edge.calls import CallRecord
 
 log = logging.getLogger("semcache_server.requests")
 
@@ -76,6 +77,7 @@ class RequestLog:
             "guard_findings": record.guard_findings,
             "stored": record.stored,
             "shared_llm_call": record.shared_llm_call,
+            "passthrough": record.passthrough_reason,
             "tokens_saved": record.saved_tokens,
             "completion_tokens": record.completion_tokens,
             "llm_outcome": record.llm_outcome.value if record.llm_outcome else None,

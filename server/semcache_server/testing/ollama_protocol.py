@@ -176,7 +176,8 @@ class FakeOllama:
     The thread keeps the server independent of whichever event loop a test runs in, so a test can
     block, cancel or close its client without stalling the server. Attributes meant to be changed by
     tests: ``replies``, ``models``, ``behaviour``, ``model_behaviours`` and ``embedding_overrides``;
-    set them before the request they should affect.
+    set them before the request they should affect. ``hold()`` and ``release()`` pause replies
+    while a test looks.
     """
 
     def __init__(
@@ -217,6 +218,10 @@ class FakeOllama:
         self._cond = threading.Condition()
         self._calls: list[dict[str, Any]] = []
         self._disconnects = 0
+        self._hold_at: int | None = None
+        self._held = 0
+        self._released: asyncio.Event | None = None
+        """Set, in the server's loop, when release() lets paused replies go on."""
         self._stopping = False
         self._port: int | None = None
         self._thread: threading.Thread | None = None
@@ -276,6 +281,7 @@ class FakeOllama:
         self._thread = None
         self._loop = None
         self._port = None
+        self._released = None  # bound to the loop that ended
 
     def __enter__(self) -> Self:
         return self.start()
@@ -325,6 +331,11 @@ class FakeOllama:
         app.router.add_post(GENERATE, self._handle_generate)
         app.router.add_post(EMBED, self._handle_embed)
         app.router.add_post(EMBEDDINGS, self._handle_embeddings)
+        app.router.add_get("/api/ps", self._handle_ps)
+        app.router.add_post("/api/pull", self._handle_pull)
+        app.router.add_get("/v1/models", self._handle_openai_models)
+        app.router.add_post("/v1/embeddings", self._handle_openai_embeddings)
+        app.router.add_post("/v1/chat/completions", self._handle_openai_chat)
         return app
 
     # ------------------------------------------------------------------------------ observability
@@ -370,8 +381,37 @@ class FakeOllama:
         """``wait_for_disconnect(within, count)`` without blocking the caller's event loop."""
         return await asyncio.to_thread(self.wait_for_disconnect, within, count)
 
+    def hold(self, after_tokens: int = 0) -> None:
+        """Chat and generate replies pause once they have sent ``after_tokens`` tokens (0: before
+        the first) until ``release()``, so a test can look while the LLM is still answering,
+        without betting on how long a delay lasts. A non-streaming reply pauses before it starts.
+        """
+        with self._cond:
+            self._hold_at = after_tokens
+
+    def release(self) -> None:
+        """Let every paused reply, and those to come, go on."""
+        with self._cond:
+            self._hold_at = None
+        loop = self._loop
+        if loop is not None:
+            loop.call_soon_threadsafe(self._wake_paused)
+
+    def _wake_paused(self) -> None:
+        """In the server's loop: paused replies look again whether they are still held."""
+        released, self._released = self._released, None
+        if released is not None:
+            released.set()
+
+    @property
+    def held(self) -> int:
+        """Replies paused by ``hold()`` right now."""
+        with self._cond:
+            return self._held
+
     def reset(self) -> None:
         """Back to the state after construction, so tests sharing one server cannot leak."""
+        self.release()
         with self._cond:
             self._calls.clear()
             self._disconnects = 0
@@ -400,6 +440,27 @@ class FakeOllama:
     def _record(self, path: str, body: dict[str, Any], client: str) -> None:
         with self._cond:
             self._calls.append({**body, "path": path, "client": client})
+
+    async def _pass_hold(self, sent: int) -> None:
+        """Wait here while ``hold()`` pauses replies at this many tokens sent."""
+
+        def paused() -> bool:
+            with self._cond:
+                return self._hold_at is not None and sent >= self._hold_at
+
+        if not paused():
+            return
+        with self._cond:
+            self._held += 1
+        try:
+            while paused():
+                # release() wakes it through the loop, so no release falls between look and wait.
+                if self._released is None:
+                    self._released = asyncio.Event()
+                await self._released.wait()
+        finally:
+            with self._cond:
+                self._held -= 1
 
     def _note_disconnect(self) -> None:
         with self._cond:
@@ -470,6 +531,99 @@ class FakeOllama:
             }
         )
 
+    async def _handle_ps(self, request: web.Request) -> web.Response:
+        """No model is loaded: nothing generates here."""
+        return web.json_response({"models": []})
+
+    async def _handle_pull(self, request: web.Request) -> web.StreamResponse:
+        """A pull's progress lines, streamed (or the last one alone with "stream": false); the
+        model is known from then on."""
+        body = await self._read_body(request)
+        if isinstance(body, web.Response):
+            return body
+        model = body.get("model") or body.get("name")
+        if not isinstance(model, str) or not model:
+            return _error(400, "model is required")
+        self.models.add(model)
+        lines: list[dict[str, Any]] = [
+            {"status": "pulling manifest"},
+            {
+                "status": "pulling 0123456789ab",
+                "digest": "sha256:0123",
+                "total": 10,
+                "completed": 10,
+            },
+            {"status": "verifying sha256 digest"},
+            {"status": "success"},
+        ]
+        if body.get("stream", True) is False:
+            return web.json_response(lines[-1])
+        response = web.StreamResponse(headers={"Content-Type": NDJSON})
+        await response.prepare(request)
+        for line in lines:
+            await response.write(_ndjson_line(line))
+        await response.write_eof()
+        return response
+
+    async def _handle_openai_models(self, request: web.Request) -> web.Response:
+        """Ollama's OpenAI-compatible model list."""
+        data = [
+            {"id": _canonical_model(name), "object": "model", "created": 1735689600,
+             "owned_by": "library"}
+            for name in sorted(self.models)
+        ]  # fmt: skip
+        return web.json_response({"object": "list", "data": data})
+
+    async def _handle_openai_embeddings(self, request: web.Request) -> web.StreamResponse:
+        """Ollama's OpenAI-compatible embeddings, over the same vectors as /api/embed."""
+        accepted = await self._accept(request, "/v1/embeddings")
+        if isinstance(accepted, web.Response):
+            return accepted
+        body, model = accepted
+        raw_inputs = body.get("input", "")
+        inputs = [raw_inputs] if isinstance(raw_inputs, str) else raw_inputs
+        data = [
+            {"object": "embedding", "embedding": self.embedding_for(text), "index": index}
+            for index, text in enumerate(inputs)
+        ]
+        usage = {"prompt_tokens": sum(len(split_tokens(t)) for t in inputs)}
+        usage["total_tokens"] = usage["prompt_tokens"]
+        return web.json_response({"object": "list", "data": data, "model": model, "usage": usage})
+
+    async def _handle_openai_chat(self, request: web.Request) -> web.StreamResponse:
+        """Ollama's OpenAI-compatible chat, unary only: a tool call when tools are offered,
+        the echo otherwise (what semcache passes through reaches this)."""
+        accepted = await self._accept(request, "/v1/chat/completions")
+        if isinstance(accepted, web.Response):
+            return accepted
+        body, model = accepted
+        prompt = _last_user_message(body.get("messages"))
+        message: dict[str, Any] = {"role": "assistant", "content": self.reply_for(prompt)}
+        finish_reason = "stop"
+        tools = body.get("tools")
+        if isinstance(tools, list) and tools:
+            name = tools[0].get("function", {}).get("name", "tool")
+            message = {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"id": "call_0", "index": 0, "type": "function",
+                     "function": {"name": name, "arguments": "{}"}}
+                ],
+            }  # fmt: skip
+            finish_reason = "tool_calls"
+        return web.json_response(
+            {
+                "id": "chatcmpl-1",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
+
     async def _handle_chat(self, request: web.Request) -> web.StreamResponse:
         return await self._handle_generation(request, CHAT)
 
@@ -515,6 +669,10 @@ class FakeOllama:
         if behaviour.error_status is not None:
             return _error(behaviour.error_status, behaviour.error_message)
 
+        tools = body.get("tools") if path == CHAT else None
+        if isinstance(tools, list) and tools:
+            return await self._respond_tool_call(request, body, model, tools)
+
         prompt = _last_user_message(body.get("messages")) if path == CHAT else body.get("prompt")
         prompt = prompt if isinstance(prompt, str) else ""
         tokens = [] if behaviour.empty_reply else split_tokens(self.reply_for(prompt))
@@ -537,11 +695,31 @@ class FakeOllama:
             return await self._respond_whole(request, reply, behaviour)
         return await self._respond_stream(request, reply, behaviour)
 
+    async def _respond_tool_call(
+        self, request: web.Request, body: dict[str, Any], model: str, tools: list[Any]
+    ) -> web.StreamResponse:
+        """A chat offered tools calls the first one, with no arguments, as a model would."""
+        first = tools[0] if isinstance(tools[0], dict) else {}
+        name = first.get("function", {}).get("name", "tool")
+        reply = _Reply(
+            CHAT, model, [], "stop", _prompt_token_count(body, CHAT), time.perf_counter_ns()
+        )
+        final = reply.final(content="", eval_ns=0)
+        final["message"]["tool_calls"] = [{"function": {"name": name, "arguments": {}}}]
+        if body.get("stream", True) is False:
+            return web.json_response(final)
+        response = web.StreamResponse(headers={"Content-Type": NDJSON})
+        await response.prepare(request)
+        await response.write(_ndjson_line(final))
+        await response.write_eof()
+        return response
+
     async def _respond_whole(
         self, request: web.Request, reply: _Reply, behaviour: Behaviour
     ) -> web.StreamResponse:
         """A non-streaming reply takes as long as its stream would have, then arrives at once."""
         try:
+            await self._pass_hold(0)
             await asyncio.sleep(
                 behaviour.first_token_delay + behaviour.token_delay * max(len(reply.tokens) - 1, 0)
             )
@@ -575,6 +753,7 @@ class FakeOllama:
             for sent, token in enumerate(tokens):
                 if sent > 0 and behaviour.token_delay > 0:
                     await asyncio.sleep(behaviour.token_delay)
+                await self._pass_hold(sent)
                 await response.write(_ndjson_line(reply.chunk(token)))
             if drop_at is not None:
                 _abort(request)

@@ -12,11 +12,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from semcache.v1 import semcache_pb2
 
-from semcache_server.core.chain import CacheChain
-from semcache_server.edge.admin import AdminServicer, add_admin_service
 from semcache_server.edge.auth import Authenticator
-from semcache_server.edge.observing import CallObserving
-from semcache_server.edge.servicer import SemcacheServicer, add_semcache_service
+from semcache_server.edge.calls import Calls
+from semcache_server.edge.grpc.admin import AdminServicer, add_admin_service
+from semcache_server.edge.grpc.observing import CallObserving
+from semcache_server.edge.grpc.servicer import SemcacheServicer, add_semcache_service
 
 SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["SemcacheService"].full_name
 ADMIN_SERVICE_NAME = semcache_pb2.DESCRIPTOR.services_by_name["CacheAdminService"].full_name
@@ -99,23 +99,21 @@ class GrpcServer:
 
     def __init__(
         self,
-        chain: CacheChain,
+        calls: Calls,
         host: str,
         port: int,
         max_calls: int,
         authenticator: Authenticator,
         tls: grpc.ServerCredentials | None = None,
         admin: AdminServicer | None = None,
-        observing: CallObserving | None = None,
         share_port: bool = False,
     ) -> None:
-        """observing: the metrics and the request log of each call of the semcache.v1 services
-        (calls refused by max_calls never reach it). share_port: let other processes of this
+        """calls: the pipeline; each call of the semcache.v1 services opens a record in it, for
+        the metrics and the request log (calls refused by max_calls never reach it).
+        authenticator: the caller of Ask and AskStream. share_port: let other processes of this
         user listen on the port too (--workers); otherwise a port in use is refused."""
-        if observing is not None:
-            authenticator = observing.naming(authenticator)
         self.server = grpc.aio.server(
-            interceptors=[observing] if observing is not None else [],
+            interceptors=[CallObserving(calls)],
             maximum_concurrent_rpcs=max_calls,
             options=[
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
@@ -135,7 +133,7 @@ class GrpcServer:
                 ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
             ],
         )
-        add_semcache_service(SemcacheServicer(chain, authenticator), self.server)
+        add_semcache_service(SemcacheServicer(calls, calls.naming(authenticator)), self.server)
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = [SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME]

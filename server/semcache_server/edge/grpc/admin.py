@@ -1,5 +1,5 @@
 """The gRPC edge of CacheAdminService: requests to `core.admin` calls and back (the messages
-are converted in `edge/converters.py`), errors mapped as Ask's are (`abort_with_status`)."""
+are converted in `edge/grpc/converters.py`), errors mapped as Ask's are (`abort_with_status`)."""
 
 from __future__ import annotations
 
@@ -14,14 +14,14 @@ from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_server.core.admin import CacheAdmin, Scope
 from semcache_server.core.domain import InvalidRequest
 from semcache_server.edge.auth import TENANT_NAME, AdminAccess
-from semcache_server.edge.converters import (
+from semcache_server.edge.grpc.converters import (
     MalformedRequest,
     entry_message,
     refusal,
     request_parser,
     selector_of,
 )
-from semcache_server.edge.servicer import abort_with_status
+from semcache_server.edge.grpc.servicer import abort_with_status
 
 T = TypeVar("T")
 RequestT = TypeVar("RequestT", bound=Message)

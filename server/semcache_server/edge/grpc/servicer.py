@@ -1,4 +1,5 @@
-"""The gRPC edge: translates semcache.v1 messages into calls on the cache chain and back."""
+"""The gRPC front: translates semcache.v1 messages into calls of the pipeline (`edge/calls.py`)
+and back."""
 
 from __future__ import annotations
 
@@ -12,68 +13,21 @@ import grpc
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 
-from semcache_server.core.chain import CacheChain
-from semcache_server.core.domain import (
-    Caller,
-    Completion,
-    Forbidden,
-    GenerationTimeout,
-    InvalidRequest,
-    LLMRejected,
-    LLMUnavailable,
-    ModelNotFound,
-    Origin,
-    Overloaded,
-    StoreUnavailable,
-    Unauthenticated,
-    excerpt,
-)
-from semcache_server.edge import converters
+from semcache_server.core.domain import Caller, Completion, Origin
+from semcache_server.edge import errors
 from semcache_server.edge.auth import Authenticator
-from semcache_server.edge.converters import MalformedRequest
+from semcache_server.edge.calls import Calls
+from semcache_server.edge.grpc import converters
+from semcache_server.edge.grpc.converters import MalformedRequest
 
 log = logging.getLogger(__name__)
 
-_STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (LLMRejected, grpc.StatusCode.INVALID_ARGUMENT),
-    (ModelNotFound, grpc.StatusCode.NOT_FOUND),
-    (LLMUnavailable, grpc.StatusCode.UNAVAILABLE),
-    (Overloaded, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (GenerationTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (TimeoutError, grpc.StatusCode.DEADLINE_EXCEEDED),
-    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
-)
-MAX_MESSAGE_CHARS = 300
-"""gRPC sends the message in a header (8 KB by default, percent-encoded): past it the call
-fails as RESOURCE_EXHAUSTED instead. Messages echo callers' values only clipped (`excerpt`);
-this is the last guard."""
-
 
 async def abort_with_status(context: grpc.aio.ServicerContext, error: Exception) -> NoReturn:
-    """The one place where domain errors become statuses."""
-    for error_type, code in _STATUS_OF:
-        if isinstance(error, error_type):
-            await context.abort(code, excerpt(_message(error), MAX_MESSAGE_CHARS))
-    log.exception("unexpected error", exc_info=error)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+    """Domain errors become statuses by the one table (`edge/errors.py`)."""
+    refusal = errors.refusal(error)
+    await context.abort(grpc.StatusCode[refusal.status.name], refusal.message)
     raise AssertionError("context.abort returned")
-
-
-def _message(error: Exception) -> str:
-    if isinstance(error, TimeoutError):
-        return "the deadline passed before the answer was complete; nothing was stored"
-    if isinstance(error, StoreUnavailable):
-        # Only calls that need Redis itself (the admin service's) fail on it; Ask fails open.
-        # Redis's words name its address, so they go to the log only.
-        log.warning("a call failed on Redis: %s", error)
-        return (
-            "the cache's Redis is unreachable or refused the call (it may be down, or full "
-            "at its maxmemory); retry later, and see the server log for what Redis said"
-        )
-    return str(error)
 
 
 DEADLINE_MARGIN = 0.02
@@ -88,8 +42,10 @@ def _budget(context: grpc.aio.ServicerContext) -> float | None:
 
 
 class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
-    def __init__(self, chain: CacheChain, authenticator: Authenticator) -> None:
-        self._chain = chain
+    def __init__(self, calls: Calls, authenticator: Authenticator) -> None:
+        """authenticator: named by the pipeline (`Calls.naming`), so the call's record and
+        context learn the caller."""
+        self._calls = calls
         self._authenticator = authenticator
 
     def _caller(self, context: grpc.aio.ServicerContext) -> Caller:
@@ -100,10 +56,10 @@ class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
     ) -> pb.AskResponse:
         try:
             query, control = converters.request_to_domain(
-                request, self._caller(context), self._chain.limits
+                request, self._caller(context), self._calls.limits
             )
             async with asyncio.timeout(_budget(context)):
-                answer = await self._chain.ask(query, control)
+                answer = await self._calls.ask(query, control)
         except Exception as error:
             await abort_with_status(context, error)
         return converters.answer_to_response(answer)
@@ -113,11 +69,11 @@ class SemcacheServicer(pb_grpc.SemcacheServiceServicer):
     ) -> AsyncGenerator[pb.AskStreamResponse, None]:
         try:
             query, control = converters.request_to_domain(
-                request, self._caller(context), self._chain.limits
+                request, self._caller(context), self._calls.limits
             )
             async with (
                 asyncio.timeout(_budget(context)),
-                contextlib.aclosing(self._chain.ask_stream(query, control)) as events,
+                contextlib.aclosing(self._calls.ask_stream(query, control)) as events,
             ):
                 async for event in events:
                     if isinstance(event, Origin):
