@@ -137,7 +137,8 @@ AUDIT: list[tuple[re.Pattern[str], str]] = [
         (r"^bench/gptcache_env\.sh\b", "bash -n, here"),
         (r"^\.venv/bin/python -m bench\.shutdown\b", "run here with one round"),
         (
-            r"^\.venv/bin/(python -m bench\.\w+|semcache (calibrate|train-verifier)|pip install )",
+            r"^\.venv/bin/(python -m (bench|semcache_server\.calibration)\.\w+"
+            r"|semcache (calibrate|train-verifier)|pip install )",
             "parsed here",
         ),
     ]
@@ -493,7 +494,10 @@ else:
 """Runs a command up to its argument parser (argparse, as every long command here uses) and
 stops there: `--help` would exit before an unknown flag is noticed."""
 
-LONG = r"^\.venv/bin/(python -m bench\.(?!shutdown\b)\w+|semcache (calibrate|train-verifier)|pip )"
+LONG = (
+    r"^\.venv/bin/(python -m (bench\.(?!shutdown\b)|semcache_server\.calibration\.)\w+"
+    r"|semcache (calibrate|train-verifier)|pip )"
+)
 
 
 def parse_steps() -> list[tuple[int, list[str]]]:

@@ -13,6 +13,7 @@ from semcache_server.calibration.verified import (
     Looked,
     best_cutoff,
     choose_verified,
+    concat,
     decide,
     fit_joint,
     score,
@@ -132,3 +133,17 @@ def test_calibration_applies_the_guards_vetoes_as_the_server_does() -> None:
     vetoed = with_vetoes(looked, ["number"])
     assert vetoed.cosine.tolist() == [[-1.0, 0.93]]
     assert with_vetoes(looked, []).cosine.tolist() == [[0.97, 0.93]]
+
+
+def test_each_file_weighs_the_same_in_the_joint_fit() -> None:
+    """A large file where only cosine tells (Quora's habit) and a small one where only the
+    verifier does (everyday look-alikes): weighed by file, the fit keeps the verifier."""
+    rng = np.random.default_rng(3)
+    big, small = synthetic(2000, seed=4), synthetic(100, seed=5)
+    big.logit[:, :] = rng.normal(0, 1, big.logit.shape)  # the verifier says nothing here
+    big.cosine[:, 0] = np.where(big.correct[:, 0], 0.95, 0.80)
+    small.cosine[:, :] = 0.9  # cosine says nothing here
+    both = concat([big, small])
+    plain = fit_joint(both, floor=0.70)
+    weighed = fit_joint(both, floor=0.70, parts=[2000, 100])
+    assert weighed.logit_weight > 2 * plain.logit_weight

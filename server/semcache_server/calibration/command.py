@@ -160,6 +160,7 @@ async def calibrate_verified_async(
         target_precision=target_precision,
         guards=guards,
         strict=concat(parts[len(data) :]) if strict else None,
+        parts=[len(part.pairs) for part in parts],
     )
     provenance = {
         "data": [path.name for path in data],
@@ -251,6 +252,14 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="With --verifier: the verifier weights to use. Unset: the shipped ones.",
+    )
+    parser.add_argument(
+        "--strict",
+        type=Path,
+        action="append",
+        default=[],
+        help="With --verifier: labelled pairs calibrated on like --data, where the policy may "
+        "make no false hit at all (the everyday look-alikes); repeatable.",
     )
     return parser
 

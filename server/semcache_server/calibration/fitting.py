@@ -49,19 +49,23 @@ def fit_logistic(
 
 
 def newton_logistic(
-    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64], l2: float
+    x: npt.NDArray[np.float64],
+    y: npt.NDArray[np.float64],
+    l2: float,
+    sample_weight: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.float64]:
     """L2-regularised logistic regression by Newton's method: the weights of x's columns, then
     the intercept (which is not shrunk). Few features and thousands of rows converge in a few
-    steps."""
+    steps. sample_weight: how much each row counts (default: 1 each)."""
     z = np.hstack([x, np.ones((x.shape[0], 1))])
+    s = np.ones(x.shape[0]) if sample_weight is None else sample_weight
     penalty = np.full(z.shape[1], l2)
     penalty[-1] = 0.0
     w = np.zeros(z.shape[1])
     for _ in range(100):
         p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -50, 50)))
-        gradient = z.T @ (p - y) + penalty * w
-        hessian = (z * (p * (1 - p))[:, None]).T @ z + np.diag(penalty + 1e-9)
+        gradient = z.T @ (s * (p - y)) + penalty * w
+        hessian = (z * (s * p * (1 - p))[:, None]).T @ z + np.diag(penalty + 1e-9)
         step = np.linalg.solve(hessian, gradient)
         w -= step
         if float(np.max(np.abs(step))) < 1e-8:

@@ -134,15 +134,26 @@ def score(looked: Looked, hit: npt.NDArray[np.bool_], correct: npt.NDArray[np.bo
     )
 
 
-def fit_joint(looked: Looked, floor: float, l2: float = 1e-3) -> JointModel:
+def fit_joint(
+    looked: Looked, floor: float, l2: float = 1e-3, parts: Sequence[int] | None = None
+) -> JointModel:
     """Logistic regression of "this candidate is right" on (cosine, logit), over every candidate
-    at or above floor, by Newton's method."""
+    at or above floor, by Newton's method. parts: the number of queries of each file looked is
+    the concatenation of; each file then weighs the same in the fit, so that the largest (Quora,
+    whose labelling habits the verifier is not taught) does not decide for everyday traffic."""
     mask = looked.cosine >= floor
     x = np.stack([looked.cosine[mask], looked.logit[mask]], axis=1)
     y = looked.correct[mask].astype(np.float64)
     if len(np.unique(y)) < 2:
         raise ValueError("calibration needs both right and wrong candidates")
-    w = newton_logistic(x, y, l2)
+    weight = None
+    if parts is not None:
+        part_of_query = np.repeat(np.arange(len(parts)), parts)
+        part = np.broadcast_to(part_of_query[:, None], mask.shape)[mask]
+        counts = np.bincount(part, minlength=len(parts)).astype(np.float64)
+        present = max(1, int(np.count_nonzero(counts)))
+        weight = len(part) / (present * np.maximum(counts, 1.0))[part]
+    w = newton_logistic(x, y, l2, weight)
     return JointModel(float(w[0]), float(w[1]), float(w[2]))
 
 
@@ -157,10 +168,12 @@ def best_cutoff(
     on strict (the everyday look-alikes: a wrong answer there is what users remember): the most
     recall under both."""
     chosen_cutoff, chosen = 1.0, score(looked, *decide(looked, model, floor, 1.0))
+    # What no cutoff refuses (an exact or identical prompt on another pair's entry) is allowed.
+    unavoidable = score(strict, *decide(strict, model, floor, 1.0)).false_hits if strict else 0
     for cutoff in np.linspace(0.995, 0.05, 190):
         if (
             strict is not None
-            and score(strict, *decide(strict, model, floor, float(cutoff))).false_hits
+            and score(strict, *decide(strict, model, floor, float(cutoff))).false_hits > unavoidable
         ):
             break
         result = score(looked, *decide(looked, model, floor, float(cutoff)))
@@ -231,6 +244,7 @@ def choose_verified(
     floors: Sequence[float] = (0.70, 0.75, 0.80, 0.85),
     guards: Sequence[str] = (),
     strict: Looked | None = None,
+    parts: Sequence[int] | None = None,
 ) -> tuple[VerifiedPolicy, Score]:
     """The floor, joint model and cutoff with the most recall at target_precision on looked,
     with no false hit on strict; the guards' vetoes applied to both, as the server applies them."""
@@ -238,7 +252,7 @@ def choose_verified(
     strict = with_vetoes(strict, guards) if strict is not None else None
     best: tuple[VerifiedPolicy, Score] | None = None
     for floor in floors:
-        model = fit_joint(looked, floor)
+        model = fit_joint(looked, floor, parts=parts)
         cutoff, result = best_cutoff(looked, model, floor, target_precision, strict)
         policy = VerifiedPolicy(
             embedder=embedder_model_id,
