@@ -108,9 +108,9 @@ async def test_the_caller_that_started_the_call_may_leave_without_cancelling_it_
 ) -> None:
     ollama.hold(after_tokens=1)
     leader = semcache.stub.AskStream(ask_stream(), timeout=2 * PATIENCE)
-    follower = semcache.stub.AskStream(ask_stream(), timeout=2 * PATIENCE)
     try:
-        await read_until(leader, "delta")  # the call is under way
+        await read_until(leader, "delta")  # the call is under way, the leader's
+        follower = semcache.stub.AskStream(ask_stream(), timeout=2 * PATIENCE)
         boarded = await read_until(follower, "start")
         leader.cancel()
     finally:
