@@ -76,8 +76,8 @@ from redis.exceptions import RedisError
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_client import build_request
-from semcache_server.adapters.redis_store import KeyLayout
-from semcache_server.core.chain import ChainSettings
+from semcache_server.adapters.redis_layout import KeyLayout
+from semcache_server.core.flights import ClaimSettings
 from semcache_server.edge.auth import tenant_namespace
 from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
@@ -105,7 +105,7 @@ STALL_FIRST_TOKEN = 12.0
 DROP_AFTER_TOKENS = 5
 LONGEST_LLM_CALL = STALL_FIRST_TOKEN + 3.0
 """No LLM call of this run takes longer (a stalled one least of all), so neither does a claim."""
-CLAIM_LEASE = ChainSettings.claim_lease_seconds
+CLAIM_LEASE = ClaimSettings.lease_seconds
 """A claim nobody renews is gone this long after its last renewal."""
 
 POOL_PAIRS = 40

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import redis
 from semcache_server.adapters.embedders.local import MODEL_ID
-from semcache_server.adapters.redis_store import KeyLayout
+from semcache_server.adapters.redis_layout import KeyLayout
 from semcache_server.testing.redis_process import RedisProcess
 from semcache_server.testing.serve_process import ServeProcess
 from tqdm import tqdm

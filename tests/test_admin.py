@@ -16,7 +16,7 @@ from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc as pb_grpc
 from semcache_server import cli
 from semcache_server.adapters.embedders.local import LocalEmbedder
-from semcache_server.adapters.redis_store import KeyLayout
+from semcache_server.adapters.redis_layout import KeyLayout
 from semcache_server.core.ports import Verifier
 from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess

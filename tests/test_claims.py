@@ -19,20 +19,22 @@ import redis.asyncio as aioredis
 from semcache.v1 import semcache_pb2 as pb
 from semcache.v1 import semcache_pb2_grpc
 from semcache_server.adapters.embedders.local import LocalEmbedder
-from semcache_server.adapters.redis_store import KeyLayout, RedisEntryStore
+from semcache_server.adapters.redis_claims import RedisClaims
+from semcache_server.adapters.redis_connection import RedisConnection
+from semcache_server.adapters.redis_layout import KeyLayout
 from semcache_server.core import keys
-from semcache_server.core.chain import ChainSettings
-from semcache_server.core.domain import Query
+from semcache_server.core.domain import Query, StoreUnavailable
+from semcache_server.core.flights import ClaimSettings
 from semcache_server.testing.ollama_protocol import Behaviour, FakeOllama
-from semcache_server.testing.redis_process import RedisProcess
+from semcache_server.testing.redis_process import RedisProcess, free_port
 from semcache_server.testing.serve_process import ServeProcess
 
 from tests.conftest import PATIENCE, Running, service_settings, start_service, until
 from tests.test_ask import MODEL, ask
 
 QUESTION = "What does a claim in Redis mean?"
-LEASE_MS = int(ChainSettings.claim_lease_seconds * 1000)
-RENEWAL_PERIOD = ChainSettings.claim_lease_seconds / 3
+LEASE_MS = int(ClaimSettings.lease_seconds * 1000)
+RENEWAL_PERIOD = ClaimSettings.lease_seconds / 3
 
 
 async def leave_claim(redis: RedisProcess, token: str, milliseconds: int) -> None:
@@ -59,15 +61,63 @@ async def claim_ttl(redis: RedisProcess) -> int:
         await client.aclose()
 
 
+ENTRY = keys.entry_id(Query(QUESTION, MODEL))
+
+
+@pytest.mark.asyncio
+async def test_a_redis_claim_is_renewed_by_its_holder_and_dropped_by_it_alone(
+    redis_process: RedisProcess,
+) -> None:
+    connection = RedisConnection.from_url(redis_process.url, timeout=2.0)
+    claims = RedisClaims(connection)
+    try:
+        taken = await claims.claim(ENTRY, "a", 5.0)
+        renewed = await claims.claim(ENTRY, "a", 5.0)
+        refused = await claims.claim(ENTRY, "b", 5.0)
+        await claims.release(ENTRY, "b")  # not b's to drop
+        still_refused = await claims.claim(ENTRY, "b", 5.0)
+        await claims.release(ENTRY, "a")
+        taken_by_b = await claims.claim(ENTRY, "b", 5.0)
+    finally:
+        await connection.aclose()
+    assert (taken, renewed, refused, still_refused, taken_by_b) == (True, True, False, False, True)
+
+
+@pytest.mark.asyncio
+async def test_a_redis_claim_ends_with_its_lease(redis_process: RedisProcess) -> None:
+    connection = RedisConnection.from_url(redis_process.url, timeout=2.0)
+    claims = RedisClaims(connection)
+    try:
+        assert await claims.claim(ENTRY, "a", 0.05)
+        taken_by_b = await until(lambda: claims.claim(ENTRY, "b", 5.0), lambda taken: taken)
+    finally:
+        await connection.aclose()
+    assert taken_by_b
+
+
+@pytest.mark.asyncio
+async def test_redis_claims_without_redis_fail_as_store_unavailable() -> None:
+    """The one error the flights fail open on (this replica then asks the LLM itself)."""
+    connection = RedisConnection.from_url(f"redis://127.0.0.1:{free_port()}", timeout=0.5)
+    claims = RedisClaims(connection)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await claims.claim(ENTRY, "a", 5.0)
+        with pytest.raises(StoreUnavailable):
+            await claims.release(ENTRY, "a")
+    finally:
+        await connection.aclose()
+
+
 @pytest.mark.asyncio
 async def test_a_claim_this_replica_left_behind_does_not_delay_its_next_answer(
     semcache: Running, redis_process: RedisProcess, ollama: FakeOllama
 ) -> None:
     """Waiting on the claim, for a single poll, would make the answer say it shared another
-    replica's call; and such a wait ends after claim_seconds, well inside this deadline, so a
+    replica's call; and such a wait ends after wait_seconds, well inside this deadline, so a
     replica that waited fails the assertions rather than the deadline."""
-    await leave_claim(redis_process, semcache.service.cache.chain.token, LEFT_BEHIND_MS)
-    answer = await semcache.stub.Ask(ask(QUESTION), timeout=ChainSettings.claim_seconds + PATIENCE)
+    await leave_claim(redis_process, semcache.service.cache.flights.token, LEFT_BEHIND_MS)
+    answer = await semcache.stub.Ask(ask(QUESTION), timeout=ClaimSettings.wait_seconds + PATIENCE)
     left = await claim_ttl(redis_process)
     assert answer.source == pb.SOURCE_LLM and answer.stored
     assert not answer.shared_llm_call  # it never waited on the claim
@@ -124,14 +174,14 @@ async def test_a_renewal_that_swallows_its_cancellation_still_ends_with_its_call
     cancelling it then renewed its claim for good, and another replica's callers of that
     question waited 30 s. Here every claim takes a while and completes whatever happens to its
     caller, as such a command does."""
-    claim = RedisEntryStore.claim
+    claim = RedisClaims.claim
 
     async def claim_completing_despite_cancellation(
-        store: RedisEntryStore, entry_id: str, token: str, seconds: float
+        claims: RedisClaims, entry_id: str, token: str, seconds: float
     ) -> bool:
         async def slow() -> bool:
             await asyncio.sleep(SLOW_CLAIM)
-            return await claim(store, entry_id, token, seconds)
+            return await claim(claims, entry_id, token, seconds)
 
         command = asyncio.ensure_future(slow())
         try:
@@ -139,7 +189,7 @@ async def test_a_renewal_that_swallows_its_cancellation_still_ends_with_its_call
         except asyncio.CancelledError:
             return await command  # swallowed: the command completes, its result comes back
 
-    monkeypatch.setattr(RedisEntryStore, "claim", claim_completing_despite_cancellation)
+    monkeypatch.setattr(RedisClaims, "claim", claim_completing_despite_cancellation)
     ollama.behaviour = SLOW_LLM
     ollama.replies[QUESTION] = " ".join(["word"] * 40)
     running = await start_service(
@@ -212,7 +262,7 @@ def test_no_claim_is_renewed_after_its_call_ended_in_a_redis_pause(
     flags = ["--redis-url", redis_process.url, "--redis-timeout"]
     first = ServeProcess(tmp_path / "a", ollama.url, [*flags, str(REDIS_TIMEOUT)]).start()
     second = ServeProcess(tmp_path / "b", ollama.url, [*flags, "0.3"]).start()
-    lease = ChainSettings.claim_lease_seconds
+    lease = ClaimSettings.lease_seconds
     try:
         with (
             redis.Redis.from_url(redis_process.url) as client,

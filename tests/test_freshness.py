@@ -10,7 +10,7 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 from semcache.v1 import semcache_pb2 as pb
-from semcache_server.adapters.redis_store import KeyLayout
+from semcache_server.adapters.redis_layout import KeyLayout
 from semcache_server.testing.ollama_protocol import FakeOllama
 from semcache_server.testing.redis_process import RedisProcess
 

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 import redis
 from semcache_server.adapters.indexes.tiered import TieredIndex
-from semcache_server.adapters.redis_feed import RedisFeed
+from semcache_server.adapters.redis_feed import RedisFeed, RedisReplicaSource
 from semcache_server.adapters.redis_store import RedisEntryStore
 from semcache_server.adapters.replication import IndexReplica, ReplicationSettings
 from semcache_server.core.domain import CachedEntry
@@ -71,7 +71,8 @@ class Harness:
             sweep_interval=0.1,
             retry_seconds=0.1,
         )
-        made = IndexReplica(TieredIndex(graph_rows), self.store, feed, MODEL, settings)
+        source = RedisReplicaSource(self.store.connection)
+        made = IndexReplica(TieredIndex(graph_rows), source, feed, MODEL, settings)
         self.replicas.append(made)
         return made
 

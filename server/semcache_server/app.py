@@ -28,13 +28,17 @@ from semcache_server.adapters.indexes.tiered import TieredIndex
 from semcache_server.adapters.ollama_llm import OllamaBackend
 from semcache_server.adapters.ollama_passthrough import OllamaPassThrough
 from semcache_server.adapters.redis_breaker import RedisBreaker
-from semcache_server.adapters.redis_feed import RedisFeed
+from semcache_server.adapters.redis_catalog import RedisCatalog
+from semcache_server.adapters.redis_claims import RedisClaims
+from semcache_server.adapters.redis_connection import RedisConnection
+from semcache_server.adapters.redis_feed import RedisFeed, RedisReplicaSource
 from semcache_server.adapters.redis_store import RedisEntryStore
 from semcache_server.adapters.redis_tally import RedisTally
 from semcache_server.adapters.replication import IndexReplica, ReplicationSettings
 from semcache_server.core.admin import CacheAdmin
 from semcache_server.core.admission import Admission
 from semcache_server.core.chain import CacheChain, ChainSettings
+from semcache_server.core.flights import ClaimSettings, Flights
 from semcache_server.core.layers import ExactLayer, SemanticLayer
 from semcache_server.core.observing import ObservedLLM
 from semcache_server.core.outages import OutageLog
@@ -45,7 +49,6 @@ from semcache_server.core.policy import (
 )
 from semcache_server.core.ports import (
     Embedder,
-    EntryStore,
     HitPolicy,
     Judge,
     LLMBackend,
@@ -86,7 +89,7 @@ EMBEDDINGS_IN_FLIGHT = 64
 """Prompts handed to the embedder at once: two of its batches (one running, one gathering);
 the rest wait here, up to --max-embedding-queue."""
 
-Part = Embedder | LLMBackend | EntryStore | Verifier | Judge | HotEntries | RedisTally
+Part = Embedder | LLMBackend | RedisConnection | Verifier | Judge | HotEntries | RedisTally
 """Something the cache is built from and must close."""
 
 
@@ -162,13 +165,17 @@ class Cache:
 
     chain: CacheChain
     semantic: SemanticLayer
-    store: RedisEntryStore
+    redis: RedisConnection
+    """The one Redis connection every storage role shares (entries, catalogue, claims, tally,
+    replica source); each consumer is handed the role it needs, built over it."""
     index: VectorIndex
     policy: HitPolicy
     embedder: Embedder
     store_outages: OutageLog
     hot: HotEntries
-    """The store the layers use: hot entries kept in memory in front of `store`."""
+    """The store the layers use: hot entries kept in memory in front of the Redis entries."""
+    flights: Flights
+    """The LLM calls under way on this replica, and the claims across replicas."""
     owned: list[Part] = field(default_factory=list)
 
     async def aclose(self) -> None:
@@ -198,16 +205,17 @@ async def build_cache(
     index: VectorIndex | None = None,
     verifier: Verifier | None = None,
 ) -> Cache:
-    """Wire the chain: exact layer and semantic layer over one store, then the LLM.
+    """Wire the chain: exact layer and semantic layer over one store, then the LLM; each part
+    that needs Redis gets the role it plays, over one connection.
 
     If wiring fails halfway, what was already built here is closed before the error goes on.
     """
     owned: list[Part] = []
     try:
-        store = RedisEntryStore.from_url(
+        redis = RedisConnection.from_url(
             redis_url, timeout=settings.redis_timeout, feed_max_len=settings.feed_max_len
         )
-        owned.append(store)
+        owned.append(redis)
         if embedder is None:
             # Loading a model takes a second of CPU: not on the event loop.
             embedder = await asyncio.to_thread(build_embedder, settings)
@@ -221,10 +229,10 @@ async def build_cache(
         await Cache.close_parts(owned)
         raise
     store_outages = OutageLog("Redis")
-    hot = HotEntries(store, settings.hot_entries)
-    tally = RedisTally(store)
-    # Closed before the store: both flush what they counted.
-    owned[owned.index(store) + 1 : owned.index(store) + 1] = [hot, tally]
+    hot = HotEntries(RedisEntryStore(redis), settings.hot_entries)
+    tally = RedisTally(redis)
+    # Closed before the connection: both flush what they counted.
+    owned[owned.index(redis) + 1 : owned.index(redis) + 1] = [hot, tally]
     if index is None:
         index = TieredIndex(settings.index_graph_rows)
     semantic = SemanticLayer(
@@ -241,8 +249,15 @@ async def build_cache(
             "--max-embedding-queue",
         ),
     )
+    exact = ExactLayer(hot, store_outages)
+    flights = Flights(
+        RedisClaims(redis),
+        exact.lookup,  # a replica waiting on another's claim looks for the stored answer
+        store_outages,
+        ClaimSettings(max_generation_seconds=settings.max_generation_seconds),
+    )
     chain = CacheChain(
-        ExactLayer(hot, store_outages),
+        exact,
         semantic,
         ObservedLLM(llm),  # tells each request's observer about its LLM call
         ChainSettings(
@@ -258,9 +273,12 @@ async def build_cache(
             settings.max_llm_queue,
             "--max-llm-calls, --max-llm-queue",
         ),
+        flights,
         tally,
     )
-    return Cache(chain, semantic, store, index, policy, embedder, store_outages, hot, owned)
+    return Cache(
+        chain, semantic, redis, index, policy, embedder, store_outages, hot, flights, owned
+    )
 
 
 async def _default_policy(
@@ -333,7 +351,7 @@ class Service:
     async def supervise(self) -> None:
         """Keep the storage health name in step with the Redis breaker, and restart the embedded
         Redis when it dies."""
-        breaker = self.cache.store.breaker
+        breaker = self.cache.redis.breaker
         await self.grpc.set_storage_health(breaker.closed)
         self.supervision.append(
             asyncio.create_task(
@@ -392,11 +410,16 @@ def build_replica(settings: Settings, redis_url: str, cache: Cache) -> IndexRepl
         redis_url,
         settings.redis_timeout,
         replication.block_seconds,
-        cache.store.layout,
-        cache.store.breaker,  # an outage the feed notices spares requests the wait, and back
+        cache.redis.layout,
+        cache.redis.breaker,  # an outage the feed notices spares requests the wait, and back
     )
     return IndexReplica(
-        cache.index, cache.store, feed, cache.embedder.model_id, replication, listener=cache.hot
+        cache.index,
+        RedisReplicaSource(cache.redis),
+        feed,
+        cache.embedder.model_id,
+        replication,
+        listener=cache.hot,
     )
 
 
@@ -444,7 +467,7 @@ def _read_keys(
 
 def cache_figures(cache: Cache) -> CacheFigures:
     """What the metrics read from the cache at each scrape."""
-    breaker = cache.store.breaker
+    breaker = cache.redis.breaker
     return CacheFigures(
         index_entries=lambda: cache.semantic.indexed,
         redis_breaker_open=lambda: not breaker.closed,
@@ -576,8 +599,8 @@ async def start(
         )
         undo.push_async_callback(cache.aclose)
         if settings.redis_url is not None:  # the embedded one keeps an append-only file
-            await cache.store.check_persistence()
-            await cache.store.check_memory_policy()
+            await cache.redis.check_persistence()
+            await cache.redis.check_memory_policy()
         replica = build_replica(settings, redis_url, cache)
         undo.push_async_callback(replica.stop)
         # With Redis down this returns at once: serve from the LLM, and the follower loads the
@@ -586,7 +609,7 @@ async def start(
         metrics = Metrics(cache_figures(cache)) if settings.metrics_port else None
         calls = Calls(cache.chain, metrics, RequestLog(settings.log_prompts))
         admin = AdminServicer(
-            CacheAdmin(cache.store, lambda: cache.semantic.indexed),
+            CacheAdmin(RedisCatalog(cache.redis), lambda: cache.semantic.indexed),
             # Named for the request log, like the semcache service's calls.
             AdminAccess(
                 calls.naming(authenticator),

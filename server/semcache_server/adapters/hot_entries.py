@@ -27,9 +27,8 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
-from semcache_server.adapters.redis_store import RedisEntryStore
 from semcache_server.core.domain import CachedEntry, StoreUnavailable
-from semcache_server.core.ports import Vector
+from semcache_server.core.ports import HotEntrySource, Vector
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +47,13 @@ class _Hot:
 
 
 class HotEntries:
-    """The EntryStore the cache layers use: a bounded copy of hot entries over `RedisEntryStore`.
+    """The EntryStore the cache layers use: a bounded copy of hot entries over the store
+    (a `HotEntrySource`: the Redis entry store in the server).
 
     `forget`, `clear` and `confirm` are for the feed follower (adapters/replication.py).
     """
 
-    def __init__(self, store: RedisEntryStore, capacity: int) -> None:
+    def __init__(self, store: HotEntrySource, capacity: int) -> None:
         self._store = store
         self._capacity = capacity
         self._hot: OrderedDict[str, _Hot] = OrderedDict()
@@ -124,15 +124,6 @@ class HotEntries:
         self.forget(entry.entry_id)
         await self._store.put(entry, embedding, ttl_seconds)
 
-    async def claim(self, entry_id: str, token: str, seconds: float) -> bool:
-        return await self._store.claim(entry_id, token, seconds)
-
-    async def release_claim(self, entry_id: str, token: str) -> None:
-        await self._store.release_claim(entry_id, token)
-
-    async def ping(self) -> None:
-        await self._store.ping()
-
     async def aclose(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
@@ -146,7 +137,7 @@ class HotEntries:
     def _fresh(self, entry_id: str) -> CachedEntry | None:
         if time.monotonic() - self._confirmed_at > FOLLOW_PATIENCE:
             return None  # the follower is behind: a change may be unreported
-        if not self._store.breaker.closed:
+        if not self._store.reachable:
             return None  # Redis is out: its changes cannot reach us, and callers see a miss
         hot = self._hot.get(entry_id)
         if hot is None:

@@ -1,4 +1,5 @@
-"""Reading the change feed: the Redis Stream that the entry store appends every change to.
+"""Reading the change feed: the Redis Stream that the entry store appends every change to; and
+the replica source, what a replica rebuilds its index from and reports expiries through.
 
 Each change carries a sequence number, counted by the script that made it. A reader that
 applied change n expects n+1 next; anything else (the stream was trimmed past it, Redis was flushed
@@ -10,7 +11,7 @@ or the sequence counter is behind the last change read.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -21,9 +22,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from semcache_server.adapters.redis_breaker import RedisBreaker
-from semcache_server.adapters.redis_store import KeyLayout
+from semcache_server.adapters.redis_connection import RedisRole, unavailable_on_redis_error
+from semcache_server.adapters.redis_layout import KeyLayout, text
 from semcache_server.core.domain import StoreUnavailable
-from semcache_server.core.ports import Vector
+from semcache_server.core.ports import StoredVector, Vector
 
 _HEAD = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
@@ -187,6 +189,43 @@ class RedisFeed:
         if self._own_breaker:
             await self.breaker.aclose()
         await self._redis.aclose()
+
+
+class RedisReplicaSource(RedisRole):
+    """Implements `ReplicaSource` over the shared connection (the feed's reader has its own, for
+    its blocking reads)."""
+
+    async def vectors(self, embedding_model: str) -> AsyncIterator[StoredVector]:
+        """Every stored embedding of embedding_model, a SCAN step of entries at a time."""
+        prefix_length = len(self.layout.entry(""))
+        self.connection.breaker.check()
+        try:
+            async for keys in self._scan_entry_keys():
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hmget(key, ["partition", "embedding_model", "embedding"])
+                    rows = await pipe.execute()
+                for key, (partition, model, raw) in zip(keys, rows, strict=True):
+                    if not raw or text(model) != embedding_model:
+                        continue
+                    yield StoredVector(
+                        entry_id=key.decode()[prefix_length:],
+                        partition=text(partition),
+                        vector=np.frombuffer(raw, dtype=np.float32),
+                    )
+        except (RedisError, OSError) as error:
+            raise self.connection.unavailable(error) from None
+
+    @unavailable_on_redis_error
+    async def sweep_expired(self, limit: int = 500) -> int:
+        """Report entries whose TTL has passed to the feed (and make sure they are gone)."""
+        layout = self.layout
+        return int(
+            await self._scripts.sweep_expired(
+                keys=[layout.feed, layout.feed_sequence, layout.expiries],
+                args=[self.connection.feed_max_len, layout.entry(""), limit],
+            )
+        )
 
 
 def _text(raw: object) -> str:

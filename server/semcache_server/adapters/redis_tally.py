@@ -1,5 +1,6 @@
 """Counts of what the cache served, added to Redis in batches: every replica adds to the same
-counters, and a request never waits for them (core/admin.py's Tally)."""
+counters (the catalogue reads them, adapters/redis_catalog.py), and a request never waits for
+them (core/admin.py's Tally)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,13 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 
-from semcache_server.adapters.redis_store import RedisEntryStore
+from semcache_server.adapters.redis_connection import (
+    RedisConnection,
+    RedisRole,
+    unavailable_on_redis_error,
+)
 from semcache_server.core.domain import Source, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -17,9 +23,11 @@ FLUSH_SECONDS = 0.5
 _FIELD = {Source.EXACT: "exact_hits", Source.SEMANTIC: "semantic_hits", Source.LLM: "llm_calls"}
 
 
-class RedisTally:
-    def __init__(self, store: RedisEntryStore) -> None:
-        self._store = store
+class RedisTally(RedisRole):
+    """Implements `Tally` over the shared connection; aclose() flushes what is left."""
+
+    def __init__(self, connection: RedisConnection) -> None:
+        super().__init__(connection)
         self._pending: defaultdict[str, Counter[str]] = defaultdict(Counter)
         self._flusher: asyncio.Task[None] | None = None
 
@@ -42,11 +50,20 @@ class RedisTally:
             return
         pending, self._pending = self._pending, defaultdict(Counter)
         try:
-            await self._store.add_counts(pending)
+            await self._add(pending)
         except StoreUnavailable:
             for namespace, counts in pending.items():
                 self._pending[namespace].update(counts)
             raise
+
+    @unavailable_on_redis_error
+    async def _add(self, counts: Mapping[str, Counter[str]]) -> None:
+        """Add what this replica counted (namespace -> field -> amount), in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipeline:
+            for namespace, fields in counts.items():
+                for field, amount in fields.items():
+                    pipeline.hincrby(self.layout.counts(namespace), field, amount)
+            await pipeline.execute()
 
     async def aclose(self) -> None:
         if self._flusher is not None:

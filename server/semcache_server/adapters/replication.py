@@ -35,10 +35,9 @@ from semcache_server.adapters.redis_feed import (
     RedisFeed,
     StoredEmbedding,
 )
-from semcache_server.adapters.redis_store import RedisEntryStore
 from semcache_server.core.domain import StoreUnavailable
 from semcache_server.core.outages import OutageLog
-from semcache_server.core.ports import Vector
+from semcache_server.core.ports import ReplicaSource, Vector
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +88,7 @@ class IndexReplica:
     def __init__(
         self,
         index: TieredIndex,
-        store: RedisEntryStore,
+        source: ReplicaSource,
         feed: RedisFeed,
         embedding_model: str,
         settings: ReplicationSettings,
@@ -97,7 +96,7 @@ class IndexReplica:
     ) -> None:
         self.index = index
         self._listener = listener
-        self._store = store
+        self._source = source
         self._feed = feed
         self._embedding_model = embedding_model
         self._settings = settings
@@ -225,7 +224,7 @@ class IndexReplica:
         fresh = TieredIndex(self.index.graph_rows, self.index.parameters)
         waiting: dict[str, tuple[list[str], list[Vector]]] = defaultdict(lambda: ([], []))
         count = 0
-        async for stored in self._store.vectors(self._embedding_model):
+        async for stored in self._source.vectors(self._embedding_model):
             ids, vectors = waiting[stored.partition]
             ids.append(stored.entry_id)
             vectors.append(stored.vector)
@@ -335,7 +334,7 @@ class IndexReplica:
         while not self._stopping:
             await asyncio.sleep(self._settings.sweep_interval)
             with contextlib.suppress(StoreUnavailable):  # the follower reports outages
-                await self._store.sweep_expired()
+                await self._source.sweep_expired()
 
     # --- snapshots ------------------------------------------------------------------------
 

@@ -1,9 +1,11 @@
-"""The cache chain: exact layer, then semantic layer, then the LLM, cheapest first.
+"""The cache chain: exact layer, then semantic layer, then the LLM, cheapest first; and what the
+LLM answers is stored.
 
 Every answer is a stream of events (an Origin, text deltas, a Completion); the unary call joins it.
 A miss boards the flight (`core/flights.py`) already answering the same question, or launches one:
-concurrent identical misses make one LLM call. `_fly` is the one place that decides whether an LLM
-answer is stored. LLM calls pass admission control (`core/admission.py`).
+concurrent identical misses make one LLM call, on this replica and across replicas (the flights'
+claims). `_generate` is the one place that decides whether an LLM answer is stored. LLM calls pass
+admission control (`core/admission.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
@@ -36,7 +37,7 @@ from semcache_server.core.domain import (
     TextDelta,
     excerpt,
 )
-from semcache_server.core.flights import Flight, FlightKey, Landing
+from semcache_server.core.flights import Flight, FlightKey, Flights, Landing
 from semcache_server.core.layers import ExactLayer, SemanticLayer, SemanticRequest
 from semcache_server.core.observing import observer, timed
 from semcache_server.core.ports import LLMBackend, LLMEvent, LLMFinish, Stage
@@ -57,12 +58,6 @@ class ChainSettings:
     limits: Limits
     max_generation_seconds: float
     """The longest an LLM call may take, whatever the callers' deadlines."""
-    claim_seconds: float = 30.0
-    """How long callers on other replicas wait for the answer of a replica that claimed it."""
-    claim_lease_seconds: float = 5.0
-    """A claim's life in Redis, renewed every third of it while its LLM call runs: a claim whose
-    release was lost (Redis killed or paused at the wrong moment) blocks nobody for longer."""
-    claim_poll_seconds: float = 0.05
     llm_send_patience: float = 0.005
     """How long other work waits for the LLM request to leave (a new connection takes longest);
     internal tuning, not a service setting."""
@@ -121,16 +116,16 @@ class CacheChain:
         llm: LLMBackend,
         settings: ChainSettings,
         llm_calls: Admission,
+        flights: Flights,
         tally: Tally | None = None,
     ) -> None:
-        """llm_calls bounds the LLM calls in flight and waiting (single-flight riders make none)."""
+        """llm_calls bounds the LLM calls in flight and waiting (single-flight riders make none);
+        flights are the LLM calls under way, which identical misses board."""
         self._exact = exact
         self._semantic = semantic
         self._llm = llm
         self._settings = settings
-        self._flights: dict[FlightKey, Flight] = {}
-        self._token = uuid.uuid4().hex
-        """Names this replica's claims in Redis."""
+        self._flights = flights
         self._llm_calls = llm_calls
         self._tally: Tally = tally if tally is not None else NoTally()
 
@@ -139,11 +134,6 @@ class CacheChain:
         """What a request may carry; the edge checks the counts of repeated fields with them
         before converting a request."""
         return self._settings.limits
-
-    @property
-    def token(self) -> str:
-        """Names this replica's claims in Redis."""
-        return self._token
 
     async def ask(self, query: Query, control: CacheControl) -> Answer:
         origin: Origin | None = None
@@ -184,7 +174,7 @@ class CacheChain:
                     ):
                         yield event
                     return
-            flight = self._board(key)
+            flight = self._flights.board(key)
             shared = flight is not None
             if flight is None and not control.skip_lookup and semantic.skipped is None:
                 if self._speculates(streaming):
@@ -210,7 +200,7 @@ class CacheChain:
                         yield event
                     return
             if flight is None:
-                flight = self._board(key)  # another caller may have launched one meanwhile
+                flight = self._flights.board(key)  # another caller may have launched one meanwhile
                 shared = flight is not None
             if flight is None:
                 flight = await self._launch(key, query, control, entry_id, semantic)
@@ -245,14 +235,6 @@ class CacheChain:
                 flight.leave()
             semantic.close()
 
-    def _board(self, key: FlightKey) -> Flight | None:
-        """Join the LLM call already under way for this question, if there is one."""
-        flight = self._flights.get(key)
-        if flight is None or not flight.boardable:
-            return None
-        flight.board()
-        return flight
-
     async def _launch(
         self,
         key: FlightKey,
@@ -264,103 +246,17 @@ class CacheChain:
         """Start the LLM call as a flight others may board; returns once its request has left.
 
         The flight holds the semantic request too (it stores the answer with it), so the request
-        closes when both the caller and the flight are done with it.
+        closes when both the caller and the flight are done with it. A refresh (skip_lookup)
+        always asks the LLM: it neither claims the question nor waits for another replica.
         """
         semantic.hold()
-        flight = Flight()
-        flight.board()
-        self._flights[key] = flight
 
-        async def fly(flight: Flight) -> Landing:
-            try:
-                return await self._fly(flight, query, control, entry_id, semantic)
-            finally:
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
-                semantic.close()
-
-        flight.take_off(fly)
-        await flight.departed.wait()
-        return flight
-
-    async def _fly(
-        self,
-        flight: Flight,
-        query: Query,
-        control: CacheControl,
-        entry_id: str,
-        semantic: SemanticRequest,
-    ) -> Landing:
-        """Across replicas, a claim in Redis says that one of them is generating this answer: the
-        others wait (a bounded time) for the stored entry instead of asking the LLM again. A
-        refresh (skip_lookup) always asks the LLM."""
-        try:
-            claimed, stored_elsewhere = (
-                (True, None) if control.skip_lookup else await self._claim_or_wait(flight, entry_id)
-            )
-        except asyncio.CancelledError:
-            # The claim may have been taken in Redis as the reply was lost to the cancellation.
-            await self._exact.release_claim(entry_id, self._token)
-            raise
-        if flight.abandoned:  # its cancellation was swallowed on the way
-            if claimed and not control.skip_lookup:
-                await self._exact.release_claim(entry_id, self._token)
-            raise asyncio.CancelledError
-        if stored_elsewhere is not None:
-            flight.append(stored_elsewhere)
-            return Landing(stored=False, finish=LLMFinish(FinishReason.STOP))
-        held = claimed and not control.skip_lookup
-        landed = asyncio.Event()
-        renewal = (
-            asyncio.create_task(self._renew_claim(entry_id, landed), name="semcache-claim")
-            if held
-            else None
-        )
-        try:
+        async def generate(flight: Flight) -> Landing:
             return await self._generate(flight, query, control, entry_id, semantic)
-        finally:
-            landed.set()
-            if renewal is not None:
-                # Its renewal under way, if any, ends first: one that reached Redis after the
-                # release would take the claim again.
-                await asyncio.wait({renewal})
-            if held:
-                await self._exact.release_claim(entry_id, self._token)
 
-    async def _renew_claim(self, entry_id: str, landed: asyncio.Event) -> None:
-        """Renew the claim every third of a lease until the flight has landed. Stopped by the
-        event, never by cancelling it: redis-py often completes a command and swallows the
-        cancellation, and a renewal loop that survived its flight held the claim for good. Bound
-        by the longest a flight may generate, in case the event is never set."""
-        lease = self._settings.claim_lease_seconds
-        loop = asyncio.get_running_loop()
-        until = loop.time() + self._settings.max_generation_seconds + lease
-        while loop.time() < until:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(lease / 3):
-                    await landed.wait()
-            if landed.is_set():
-                return
-            await self._exact.claim(entry_id, self._token, lease)
-
-    async def _claim_or_wait(self, flight: Flight, entry_id: str) -> tuple[bool, str | None]:
-        """(True, None) once this replica holds the claim; (False, text) when another replica
-        stored the answer meanwhile; (False, None) when the wait ran out. A claim this replica
-        holds already (one whose release was lost) is its own to take again."""
-        lease = self._settings.claim_lease_seconds
-        if await self._exact.claim(entry_id, self._token, lease):
-            return True, None
-        flight.remote = True
-        flight.departed.set()  # no request of ours to let leave first
-        deadline = time.monotonic() + self._settings.claim_seconds
-        while time.monotonic() < deadline and not flight.abandoned:
-            await asyncio.sleep(self._settings.claim_poll_seconds)
-            entry = await self._exact.lookup(entry_id)
-            if entry is not None:
-                return False, entry.text
-            if await self._exact.claim(entry_id, self._token, lease):
-                return True, None  # the other replica gave up, or its lease ran out: ours now
-        return False, None
+        return await self._flights.launch(
+            key, generate, claim=not control.skip_lookup, landed=semantic.close
+        )
 
     async def _generate(
         self,

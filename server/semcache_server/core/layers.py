@@ -49,21 +49,6 @@ class ExactLayer:
         self._outages.succeeded()
         return entry
 
-    async def claim(self, entry_id: str, token: str, seconds: float) -> bool:
-        """True when this replica should generate the answer: it took the claim, or Redis is
-        down (nobody can wait for a stored answer then)."""
-        try:
-            return await self._store.claim(entry_id, token, seconds)
-        except StoreUnavailable as error:
-            self._outages.failed(error)
-            return True
-
-    async def release_claim(self, entry_id: str, token: str) -> None:
-        try:
-            await self._store.release_claim(entry_id, token)
-        except StoreUnavailable as error:
-            self._outages.failed(error)
-
 
 @dataclass(frozen=True)
 class PromptEmbedding:

@@ -8,7 +8,7 @@ knows both. A test or a benchmark can hand in any object that fits.
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -94,7 +94,14 @@ class VectorIndex(Protocol):
     def __len__(self) -> int: ...
 
 
-# --- entry store ----------------------------------------------------------------------------
+# --- storage, by role -----------------------------------------------------------------------
+#
+# One Redis plays several roles, and each caller sees only the role it needs: the layers read and
+# write entries (EntryStore), single-flight takes claims (Claims), the admin core reads the
+# catalogue and the chain counts what it served (EntryCatalog and Tally, in core/admin.py). Two
+# adapters around the store have ports here too, so every role is listed in one place: the
+# in-memory copy of hot entries reads through a HotEntrySource, and the index replica loads and
+# sweeps through a ReplicaSource.
 
 
 class EntryStore(Protocol):
@@ -120,19 +127,63 @@ class EntryStore(Protocol):
         self, entry: CachedEntry, embedding: Vector | None, ttl_seconds: float | None
     ) -> None: ...
 
+
+class Claims(Protocol):
+    """The short lock that says "this question's answer is being generated" across replicas;
+    every failure raises StoreUnavailable."""
+
     async def claim(self, entry_id: str, token: str, seconds: float) -> bool:
-        """Take the short lock that says "this question's answer is being generated" across
-        replicas, or renew it when token holds it already; False when another token has it.
-        Expires by itself after seconds."""
+        """Take the claim, or renew it when token holds it already; False when another token
+        has it. Expires by itself after seconds."""
         ...
 
-    async def release_claim(self, entry_id: str, token: str) -> None:
-        """Drop the lock, only if token still holds it."""
+    async def release(self, entry_id: str, token: str) -> None:
+        """Drop the claim, only if token still holds it."""
         ...
 
-    async def ping(self) -> None: ...
 
-    async def aclose(self) -> None: ...
+class HotEntrySource(EntryStore, Protocol):
+    """The store as a copy of its hot entries in memory sees it: entries with the time they have
+    left, hits counted elsewhere added in bulk, and whether its changes can reach us at all."""
+
+    async def fetch_hit_with_ttl(self, entry_id: str) -> tuple[CachedEntry | None, int | None]:
+        """As fetch_hit, with the ms the entry has left to live (None: no TTL)."""
+        ...
+
+    async def fetch_with_ttl(self, entry_id: str) -> tuple[CachedEntry | None, int | None]:
+        """As fetch, with the ms the entry has left to live (None: no TTL)."""
+        ...
+
+    async def record_hits(self, counts: Mapping[str, int]) -> None:
+        """Add hits counted elsewhere, entry id -> hits; an entry gone meanwhile stays gone."""
+        ...
+
+    @property
+    def reachable(self) -> bool:
+        """False while the store is skipped as unreachable: no change can be heard of then."""
+        ...
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    """An entry's embedding as stored, for rebuilding an index."""
+
+    entry_id: str
+    partition: str
+    vector: Vector
+
+
+class ReplicaSource(Protocol):
+    """What a replica's index is rebuilt from, and where expiries are reported to the change
+    feed every replica follows; every failure raises StoreUnavailable."""
+
+    def vectors(self, embedding_model: str) -> AsyncIterator[StoredVector]:
+        """Every stored embedding of that embedding model."""
+        ...
+
+    async def sweep_expired(self, limit: int = 500) -> int:
+        """Report up to limit entries whose TTL has passed; how many were reported."""
+        ...
 
 
 # --- LLM backend ----------------------------------------------------------------------------
