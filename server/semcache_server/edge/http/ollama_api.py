@@ -185,6 +185,13 @@ def chat_query(body: dict[str, Any], caller: Caller, limits: Limits) -> Query | 
     talk = conversation(body.get("messages"))
     if isinstance(talk, PassThrough):
         return talk
+    return conversation_query(talk, model, options, caller, limits)
+
+
+def conversation_query(
+    talk: Conversation, model: str, options: GenerationOptions, caller: Caller, limits: Limits
+) -> Query:
+    """The cache's question for a chat, on either HTTP API."""
     check_counts(limits, len(talk.history), len(options.stop))
     return Query(
         prompt=talk.prompt,

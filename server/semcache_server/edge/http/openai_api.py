@@ -31,6 +31,7 @@ from semcache_server.edge.http.ollama_api import (
     PROVENANCE_KEY,
     PassThrough,
     conversation,
+    conversation_query,
     provenance,
 )
 
@@ -181,16 +182,7 @@ def chat_query(body: dict[str, Any], caller: Caller, limits: Limits) -> Query | 
     talk = conversation(messages, system_roles=frozenset({"system", "developer"}))
     if isinstance(talk, PassThrough):
         return talk
-    check_counts(limits, len(talk.history), len(options.stop))
-    return Query(
-        prompt=talk.prompt,
-        model=model,
-        system=talk.system,
-        options=options,
-        history=talk.history,
-        namespace=caller.namespace,
-        tenant=caller.tenant,
-    )
+    return conversation_query(talk, model, options, caller, limits)
 
 
 def completion_query(body: dict[str, Any], caller: Caller, limits: Limits) -> Query | PassThrough:
